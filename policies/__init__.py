@@ -1,0 +1,1 @@
+"""Fusion policies: each module implements one policy of fusion.policy.FusionPolicy, registered by name."""

@@ -1,0 +1,126 @@
+"""The Detections type: validation, selection, cat, devices, clipping, numpy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fusion import Detections
+from tests.conftest import DEVICES
+
+
+def make(n: int = 3, **extras: torch.Tensor) -> Detections:
+    boxes = torch.tensor([[0, 0, 10, 10], [5, 5, 20, 30], [1, 2, 3, 4], [0, 0, 1, 1]], dtype=torch.float32)[
+        :n
+    ]
+    return Detections(
+        boxes, torch.tensor([0.9, 0.3, 0.6, 0.1])[:n], torch.tensor([1, 2, 1, 0])[:n], (40, 50), extras
+    )
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"boxes": torch.zeros(2, 3)}, r"boxes must have shape \[N, 4\].*\[2, 3\]"),
+        ({"boxes": torch.zeros(4)}, r"boxes must have shape \[N, 4\].*\[4\]"),
+        ({"scores": torch.zeros(3)}, r"scores must have shape \[2\].*\[3\]"),
+        ({"labels": torch.zeros(2, 1)}, r"labels must have shape \[2\].*\[2, 1\]"),
+        ({"boxes": torch.tensor([[0, 0, 1, 1], [0, 0, float("nan"), 1]])}, r"boxes\[1\] is not finite"),
+        ({"boxes": torch.tensor([[0, 0, 1, 1], [0, 0, float("inf"), 1]])}, r"boxes\[1\] is not finite"),
+        (
+            {"boxes": torch.tensor([[3, 0, 1, 1], [0, 0, 1, 1]])},
+            r"boxes\[0\] = \[3.0, 0.0, 1.0, 1.0\] is inverted",
+        ),
+        ({"boxes": torch.tensor([[0, 0, 1, 1], [0, 5, 1, 1]])}, r"boxes\[1\].*inverted"),
+        ({"scores": torch.tensor([0.5, float("nan")])}, r"scores\[1\] is not finite"),
+        ({"extras": {"member": torch.zeros(3)}}, r"extras\['member'\] must have 2 rows.*\[3\]"),
+        ({"image_size": (0, 10)}, r"image_size must be a positive"),
+    ],
+)
+def test_invalid_input_names_the_field(kwargs: dict, message: str) -> None:
+    fields = {
+        "boxes": torch.tensor([[0, 0, 1, 1], [2, 2, 3, 3]]),
+        "scores": torch.ones(2),
+        "labels": torch.zeros(2),
+    }
+    fields.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        Detections(**fields)
+
+
+def test_dtypes_are_normalised_and_zero_area_boxes_allowed() -> None:
+    d = Detections(np.array([[1, 1, 1, 1]], dtype=np.float64), [0.5], np.array([3.0]))
+    assert (d.boxes.dtype, d.scores.dtype, d.labels.dtype) == (torch.float32, torch.float32, torch.int64)
+    assert d.labels.tolist() == [3]
+    assert d.areas.tolist() == [0.0]
+
+
+def test_boolean_mask_and_index_selection_keep_extras_and_size() -> None:
+    d = make(4, member=torch.tensor([0, 1, 2, 3]))
+    kept = d[d.scores > 0.5]
+    assert kept.scores.tolist() == pytest.approx([0.9, 0.6])
+    assert kept.extras["member"].tolist() == [0, 2]
+    assert kept.image_size == (40, 50)
+    assert d[[3, 0]].labels.tolist() == [0, 1]
+    assert d[1].boxes.tolist() == [[5, 5, 20, 30]]
+    assert d[-1].labels.tolist() == [0]
+    assert len(d[1:3]) == 2
+    assert len(d[[]]) == 0
+    with pytest.raises(IndexError, match=r"boolean mask must have shape \[4\]"):
+        d[torch.tensor([True, False])]
+
+
+def test_cat_and_its_errors() -> None:
+    a, b = make(2, member=torch.tensor([0, 0])), make(3, member=torch.tensor([1, 1, 1]))
+    both = Detections.cat([a, b])
+    assert len(both) == 5
+    assert both.extras["member"].tolist() == [0, 0, 1, 1, 1]
+    assert torch.equal(both.boxes[2:], b.boxes)
+    with pytest.raises(ValueError, match=r"items\[1\] has extras \[\]"):
+        Detections.cat([a, make(1)])
+    other_size = Detections(b.boxes, b.scores, b.labels, (7, 7), b.extras)
+    with pytest.raises(ValueError, match=r"items\[1\] has image_size \(7, 7\)"):
+        Detections.cat([a, other_size])
+    with pytest.raises(ValueError, match="at least one"):
+        Detections.cat([])
+
+
+def test_empty_has_the_right_shapes() -> None:
+    e = Detections.empty((5, 6), extras=["votes"])
+    assert (e.boxes.shape, e.scores.shape, e.labels.shape, e.extras["votes"].shape) == (
+        (0, 4),
+        (0,),
+        (0,),
+        (0,),
+    )
+    assert len(Detections.cat([e, e])) == 0
+    assert len(Detections([], [], [])) == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_moves_keep_values(device: str) -> None:
+    d = make(3, member=torch.tensor([0, 1, 2])).to(device)
+    assert d.device.type == device
+    assert {t.device.type for t in (d.boxes, d.scores, d.labels, d.extras["member"])} == {device}
+    back = d.cpu()
+    assert torch.equal(back.boxes, make(3).boxes)
+    mask = d.scores > 0.5
+    assert len(d[mask]) == 2
+
+
+def test_clip_sort_replace_and_numpy() -> None:
+    d = Detections([[-5, -5, 60, 30], [10, 10, 20, 20]], [0.2, 0.8], [0, 1], image_size=(25, 50))
+    assert d.clip().boxes.tolist() == [[0, 0, 50, 25], [10, 10, 20, 20]]
+    assert d.clip((100, 100)).boxes.tolist()[0] == [0, 0, 60, 30]
+    with pytest.raises(ValueError, match="needs an image_size"):
+        Detections([[0, 0, 1, 1]], [1.0], [0]).clip()
+    assert d.sort_by_score().scores.tolist() == pytest.approx([0.8, 0.2])
+    assert d.replace(scores=torch.tensor([0.5, 0.5])).scores.tolist() == [0.5, 0.5]
+    with pytest.raises(ValueError, match="not finite"):
+        d.replace(scores=torch.tensor([0.5, float("nan")]))
+    with pytest.raises(TypeError, match="unknown fields"):
+        d.replace(colour=1)
+    arrays = d.with_extras(votes=torch.tensor([2, 3])).numpy()
+    assert arrays["votes"].tolist() == [2, 3]
+    assert arrays["boxes"].dtype == np.float32 and arrays["image_size"] == (25, 50)
