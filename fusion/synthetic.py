@@ -55,7 +55,12 @@ def make_coco_ground_truth(
             "id": i + 1,
             "image_id": int(image_ids[i]),
             "category_id": int(class_map.ids[categories[i]]),
-            "bbox": [round(float(x[i]), 2), round(float(y[i]), 2), round(float(w[i]), 2), round(float(h[i]), 2)],
+            "bbox": [
+                round(float(x[i]), 2),
+                round(float(y[i]), 2),
+                round(float(w[i]), 2),
+                round(float(h[i]), 2),
+            ],
             "area": round(float(w[i] * h[i]), 2),
             "iscrowd": int(crowd[i]),
         }
@@ -63,7 +68,8 @@ def make_coco_ground_truth(
     ]
     return {
         "images": [
-            {"id": i, "file_name": f"{i:012d}.jpg", "height": height, "width": width} for i in range(1, num_images + 1)
+            {"id": i, "file_name": f"{i:012d}.jpg", "height": height, "width": width}
+            for i in range(1, num_images + 1)
         ],
         "annotations": annotations,
         "categories": [{"id": cid, "name": name} for cid, name in zip(class_map.ids, class_map.names)],
@@ -171,5 +177,8 @@ def default_members() -> Sequence[tuple[str, SimulatedMember]]:
     return (
         ("sharp", SimulatedMember(recall=0.85, box_noise=0.04, false_positives=6, temperature=0.5)),
         ("careful", SimulatedMember(recall=0.7, box_noise=0.05, false_positives=2, temperature=2.0)),
-        ("noisy", SimulatedMember(recall=0.8, box_noise=0.09, false_positives=8, temperature=1.0, label_noise=0.1)),
+        (
+            "noisy",
+            SimulatedMember(recall=0.8, box_noise=0.09, false_positives=8, temperature=1.0, label_noise=0.1),
+        ),
     )

@@ -15,7 +15,14 @@ import fusion
 __all__ = ["build_parser", "main"]
 
 # Explicit, ordered list of command modules (no discovery magic): add yours here.
-COMMAND_MODULES = ("fusion.cli.info",)
+COMMAND_MODULES = (
+    "fusion.cli.info",
+    "fusion.cli.predict",
+    "fusion.cli.fuse",
+    "fusion.cli.score",
+    "fusion.cli.tune",
+    "fusion.cli.calibrate",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,249 @@
+"""Match detections to ground truth as COCO does, for calibration: which detections are true positives.
+
+The rules (those of pycocotools' ``evaluateImg`` at one IoU threshold, without area ranges or ``maxDets``):
+
+* detections are visited in descending score order (stable, so ties keep their input order);
+* each takes the not-yet-taken, non-crowd GT box (of the same class, unless ``class_agnostic``) with the highest
+  IoU, if that IoU is ``>= iou_thr``: it is a true positive;
+* otherwise, if it overlaps a crowd GT box by ``>= iou_thr``, it is *ignored* (neither TP nor FP). As in COCO, the
+  overlap with a crowd box is intersection over the DETECTION's area, and a crowd box can absorb any number of
+  detections;
+* otherwise it is a false positive.
+
+Greedy matching is sequential along the score order, but independent across images: the loop runs over the
+``k``-th best detection of every image at once (``max detections per image`` steps, each a tensor operation over
+all images of a chunk), never over single boxes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fusion.detections import Detections
+
+__all__ = ["MatchResult", "batched_box_iou", "ground_truth_from_coco", "match_detections", "match_image"]
+
+# Images per chunk: bounds the padded [images, detections, gt] IoU tensor (~ chunk * 300 * 60 floats).
+_CHUNK = 256
+
+
+@dataclass
+class MatchResult:
+    """Per-detection outcome of matching, in the detections' own order.
+
+    Attributes:
+        is_tp: bool ``[N]``: matched to a GT box at IoU ``>= iou_thr``.
+        ignored: bool ``[N]``: unmatched but covering a crowd GT box (excluded from calibration statistics).
+        gt_index: int64 ``[N]``: the matched GT row, ``-1`` when not a TP.
+    """
+
+    is_tp: Tensor
+    ignored: Tensor
+    gt_index: Tensor
+
+
+def batched_box_iou(boxes1: Tensor, boxes2: Tensor, crowd_iof: bool = False) -> Tensor:
+    """IoU of padded box batches: ``[B, N, 4]`` x ``[B, G, 4]`` (xyxy) -> ``[B, N, G]``.
+
+    Same formula as ``torchvision.ops.box_iou``, batched. With ``crowd_iof`` the denominator is the area of
+    ``boxes1`` alone (COCO's overlap with a crowd region). Empty unions give 0.
+    """
+    lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
+    rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(dim=-1)
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    if crowd_iof:
+        denom = area1[:, :, None].expand_as(inter)
+    else:
+        area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+        denom = area1[:, :, None] + area2[:, None, :] - inter
+    return torch.where(denom > 0, inter / denom.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def _pad(
+    items: Sequence[Tensor], length: int, fill: float, shape: tuple[int, ...], dtype: torch.dtype, device: Any
+) -> Tensor:
+    out = torch.full((len(items), length, *shape), fill, dtype=dtype, device=device)
+    for row, item in enumerate(items):  # a copy per image: padding, not per-box work
+        out[row, : item.shape[0]] = item
+    return out
+
+
+def _match_chunk(
+    dets: Sequence[Detections], gts: Sequence[Detections], iou_thr: float, class_agnostic: bool
+) -> list[MatchResult]:
+    device = dets[0].device
+    orders = [torch.sort(d.scores, descending=True, stable=True).indices for d in dets]
+    n_max = max((len(d) for d in dets), default=0)
+    g_max = max((len(g) for g in gts), default=0)
+    n_img = len(dets)
+    if n_max == 0:
+        return [
+            MatchResult(
+                *(torch.zeros(0, dtype=t, device=device) for t in (torch.bool, torch.bool, torch.int64))
+            )
+            for _ in dets
+        ]
+    det_boxes = _pad([d.boxes[o] for d, o in zip(dets, orders)], n_max, 0.0, (4,), torch.float32, device)
+    det_labels = _pad([d.labels[o] for d, o in zip(dets, orders)], n_max, -1, (), torch.int64, device)
+    det_valid = _pad(
+        [torch.ones(len(d), dtype=torch.bool, device=device) for d in dets],
+        n_max,
+        False,
+        (),
+        torch.bool,
+        device,
+    )
+    tp = torch.zeros((n_img, n_max), dtype=torch.bool, device=device)
+    ignored = torch.zeros_like(tp)
+    gt_index = torch.full((n_img, n_max), -1, dtype=torch.int64, device=device)
+    if g_max > 0:
+        gt_boxes = _pad([g.boxes.to(device) for g in gts], g_max, 0.0, (4,), torch.float32, device)
+        gt_labels = _pad([g.labels.to(device) for g in gts], g_max, -2, (), torch.int64, device)
+        gt_valid = _pad(
+            [torch.ones(len(g), dtype=torch.bool, device=device) for g in gts],
+            g_max,
+            False,
+            (),
+            torch.bool,
+            device,
+        )
+        gt_crowd = _pad([_crowd(g).to(device) for g in gts], g_max, False, (), torch.bool, device)
+        iou = batched_box_iou(det_boxes, gt_boxes)
+        iof = batched_box_iou(det_boxes, gt_boxes, crowd_iof=True)
+        eligible = gt_valid[:, None, :].expand(n_img, n_max, g_max)
+        if not class_agnostic:
+            eligible = eligible & (det_labels[:, :, None] == gt_labels[:, None, :])
+        plain = eligible & ~gt_crowd[:, None, :]
+        crowd = eligible & gt_crowd[:, None, :]
+        # Crowd overlap does not depend on what was taken before, so it is computed for all ranks at once.
+        covers_crowd = (iof.masked_fill(~crowd, -1.0) >= iou_thr).any(dim=2)
+        taken = torch.zeros((n_img, g_max), dtype=torch.bool, device=device)
+        rows = torch.arange(n_img, device=device)
+        for k in range(n_max):  # rank k of every image at once
+            candidate = iou[:, k].masked_fill(~plain[:, k] | taken, -1.0)
+            best, index = candidate.max(dim=1)
+            hit = (best >= iou_thr) & det_valid[:, k]
+            taken[rows[hit], index[hit]] = True
+            tp[:, k] = hit
+            gt_index[:, k] = torch.where(hit, index, torch.full_like(index, -1))
+        ignored = covers_crowd & ~tp & det_valid
+    results = []
+    for row, (det, order) in enumerate(zip(dets, orders)):
+        n = len(det)
+        # Undo the score sort: results are in the caller's order.
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(n, device=device)
+        results.append(
+            MatchResult(tp[row, :n][inverse], ignored[row, :n][inverse], gt_index[row, :n][inverse])
+        )
+    return results
+
+
+def _crowd(gt: Detections) -> Tensor:
+    crowd = gt.extras.get("iscrowd")
+    if crowd is None:
+        return torch.zeros(len(gt), dtype=torch.bool, device=gt.device)
+    return crowd.reshape(len(gt)).bool()
+
+
+def match_detections(
+    predictions: Sequence[Detections],
+    ground_truth: Sequence[Detections],
+    iou_thr: float = 0.5,
+    class_agnostic: bool = False,
+) -> list[MatchResult]:
+    """Match the detections of many images to their ground truth (see the module docstring for the rules).
+
+    Args:
+        predictions: One :class:`Detections` per image (pixel xyxy; any order).
+        ground_truth: One :class:`Detections` per image, same order: GT boxes (pixel xyxy), labels in the same
+            vocabulary, optional ``extras["iscrowd"]`` ``[G]`` (non-zero = crowd). Scores are not used.
+        iou_thr: Minimum IoU (inclusive) for a match, in ``(0, 1]``.
+        class_agnostic: Match boxes of any class (default: only the same label).
+
+    Returns:
+        One :class:`MatchResult` per image, rows in each ``predictions[i]``'s order.
+    """
+    if len(predictions) != len(ground_truth):
+        raise ValueError(
+            f"match_detections: {len(predictions)} prediction entries but {len(ground_truth)} ground truth entries"
+        )
+    if not 0 < iou_thr <= 1:
+        raise ValueError(f"iou_thr must be in (0, 1], got {iou_thr}")
+    results: list[MatchResult] = []
+    for start in range(0, len(predictions), _CHUNK):
+        results.extend(
+            _match_chunk(
+                predictions[start : start + _CHUNK],
+                ground_truth[start : start + _CHUNK],
+                iou_thr,
+                class_agnostic,
+            )
+        )
+    return results
+
+
+def match_image(
+    detections: Detections, ground_truth: Detections, iou_thr: float = 0.5, class_agnostic: bool = False
+) -> MatchResult:
+    """:func:`match_detections` for one image."""
+    return match_detections([detections], [ground_truth], iou_thr, class_agnostic)[0]
+
+
+def ground_truth_from_coco(
+    dataset: Mapping[str, Any], class_map: Any = None, device: torch.device | str | None = None
+) -> dict[int, Detections]:
+    """A COCO annotation dict -> ``{image_id: Detections}`` of its GT boxes (every image, even without boxes).
+
+    Labels are indices of ``class_map`` (default: the file's own ``categories`` in file order); each
+    :class:`Detections` has score 1, ``image_size`` from the image record and ``extras["iscrowd"]`` (bool).
+
+    Raises:
+        ValueError: an annotation of an unknown image or of a category the class map lacks (naming its index).
+    """
+    import numpy as np
+
+    from fusion.classes import ClassMap
+
+    if class_map is None:
+        class_map = ClassMap.from_coco_categories(dataset["categories"])
+    images = list(dataset.get("images", []))
+    anns = list(dataset.get("annotations", []))
+    sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in images}
+    ann_images = np.asarray([int(a["image_id"]) for a in anns], dtype=np.int64)
+    unknown = np.flatnonzero(~np.isin(ann_images, np.asarray(list(sizes), dtype=np.int64)))
+    if len(unknown):
+        i = int(unknown[0])
+        raise ValueError(f"annotations[{i}] has image_id {int(ann_images[i])}, which is not in 'images'")
+    xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
+    cats = torch.as_tensor([int(a["category_id"]) for a in anns], dtype=torch.int64)
+    labels = class_map.labels_from_ids(cats).numpy()
+    bad = np.flatnonzero(labels < 0)
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(
+            f"annotations[{i}] has category_id {int(cats[i])}, which the class map does not have"
+        )
+    crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+    order = np.argsort(ann_images, kind="stable")
+    ids_sorted = ann_images[order]
+    out: dict[int, Detections] = {}
+    for image_id, size in sizes.items():
+        lo, hi = np.searchsorted(ids_sorted, image_id, "left"), np.searchsorted(ids_sorted, image_id, "right")
+        rows = order[lo:hi]
+        out[image_id] = Detections(
+            xyxy[rows],
+            np.ones(len(rows), dtype=np.float32),
+            labels[rows],
+            size,
+            {"iscrowd": torch.from_numpy(crowd[rows])},
+            device=device,
+        )
+    return out

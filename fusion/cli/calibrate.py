@@ -1,0 +1,193 @@
+"""``fusion calibrate``: fit per-member score calibrators on a validation set and save them for the ensemble config.
+
+Inputs are each member's saved COCO results on the validation images: by default the scoring cache that
+``fusion score`` writes (``runs/score/<config name>/cache/<member>.jsonl``), or explicit files given with
+``--predictions member=path.json`` (``.json`` list or ``.jsonl``). Output: ``runs/calibrate/<name>/calibrators.json``
+and, on stdout, the ensemble config snippet that references it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+__all__ = ["add_parser"]
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="fit per-member score calibrators on a validation set",
+        description=__doc__.splitlines()[0],
+    )
+    parser.add_argument("--config", required=True, help="ensemble config (YAML path or shipped name)")
+    parser.add_argument("--annotations", required=True, help="COCO annotation file of the validation images")
+    parser.add_argument(
+        "--predictions",
+        action="append",
+        default=[],
+        metavar="MEMBER=PATH",
+        help="a member's COCO results file (repeatable); default: runs/score/<config name>/cache/<member>.jsonl",
+    )
+    parser.add_argument("--method", default="isotonic", choices=["isotonic", "temperature", "histogram"])
+    parser.add_argument(
+        "--per-class", action="store_true", help="also fit one curve per class with enough boxes"
+    )
+    parser.add_argument("--iou-thr", type=float, default=0.5, help="IoU for a detection to count as correct")
+    parser.add_argument("--name", default=None, help="run name (default: the config's name)")
+    parser.add_argument("--runs", default="runs", help="root folder of run outputs")
+    parser.set_defaults(run=_run)
+
+
+def _read_config(source: str) -> dict[str, Any]:
+    """Only the fields calibration needs (name, classes, member names): no detector plug-in is imported."""
+    from fusion.classes import CONFIGS_DIR
+    from fusion.config import load_yaml
+
+    path = Path(source)
+    if not path.exists() and not path.suffix:
+        path = CONFIGS_DIR / "ensembles" / f"{source}.yaml"
+    data = load_yaml(path)
+    members = data.get("members")
+    if not isinstance(members, list) or not members:
+        raise ValueError(f"{path}: members: expected a non-empty list")
+    names = []
+    for index, member in enumerate(members):
+        if not isinstance(member, dict) or not isinstance(member.get("name"), str):
+            raise ValueError(f"{path}: members[{index}].name: missing or not a string")
+        names.append(member["name"])
+    if not isinstance(data.get("name"), str):
+        raise ValueError(f"{path}: name: missing or not a string")
+    return {
+        "path": path,
+        "name": data["name"],
+        "classes": str(data.get("classes", "coco80")),
+        "members": names,
+    }
+
+
+def _read_records(path: Path) -> list[Any]:
+    if not path.exists():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    if path.suffix == ".jsonl":
+        records = []
+        for number, line in enumerate(path.read_text().splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError:
+                    raise ValueError(f"{path}:{number}: not valid JSON") from None
+        return records
+    try:
+        records = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: COCO results must be a JSON list of records, got {type(records).__name__}")
+    return records
+
+
+def _prediction_paths(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Path]:
+    given: dict[str, Path] = {}
+    for item in args.predictions:
+        member, sep, path = item.partition("=")
+        if not sep or not member or not path:
+            raise ValueError(f"--predictions {item!r}: expected MEMBER=PATH")
+        if member not in config["members"]:
+            raise ValueError(
+                f"--predictions {item!r}: no member {member!r} in {config['path']} (members: {config['members']})"
+            )
+        given[member] = Path(path)
+    if given:
+        return given
+    cache = Path(args.runs) / "score" / config["name"] / "cache"
+    paths = {m: cache / f"{m}.jsonl" for m in config["members"]}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"no scoring cache for member(s) at {', '.join(missing)}; run `fusion score` first or pass "
+            "--predictions MEMBER=PATH for each member"
+        )
+    return paths
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fusion.calibration import fit_calibrator_set, ground_truth_from_coco
+    from fusion.calibration.dece import CalibrationProtocol, detection_ece
+    from fusion.classes import ClassMap
+    from fusion.interop import from_coco_records
+    from fusion.io import run_dir
+
+    config = _read_config(args.config)
+    annotations = Path(args.annotations)
+    if not annotations.exists():
+        raise FileNotFoundError(f"annotation file {annotations} does not exist")
+    try:
+        dataset = json.loads(annotations.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{annotations}: not valid JSON: {exc}") from None
+    if not isinstance(dataset, dict) or not {"images", "annotations", "categories"} <= set(dataset):
+        raise ValueError(f"{annotations}: not a COCO annotation file (needs images, annotations, categories)")
+    data_map = ClassMap.from_coco_categories(dataset["categories"])
+    ensemble_map = ClassMap.load(config["classes"])
+    # Everything is matched in the ensemble's vocabulary (the labels calibrators see at prediction time); dataset
+    # classes the ensemble lacks become label -1, which no detection can match.
+    to_ensemble = data_map.translation_to(ensemble_map, strict=False)
+    truth = ground_truth_from_coco(dataset, data_map)
+    truth = {i: g.replace(labels=to_ensemble[g.labels]) for i, g in truth.items()}
+    sizes = {i: g.image_size for i, g in truth.items()}
+
+    per_member = {}
+    for member, path in _prediction_paths(args, config).items():
+        records = _read_records(path)
+        unknown = {r.get("image_id") for r in records if isinstance(r, dict)} - set(truth)
+        if unknown:
+            raise ValueError(f"{path}: image id {sorted(unknown, key=str)[0]!r} is not in {annotations}")
+        try:
+            preds = from_coco_records(records, data_map, sizes, truth.keys())
+        except ValueError as exc:
+            raise ValueError(f"{path}: {exc}") from None
+        bad = {i: d for i, d in preds.items() if bool((to_ensemble[d.labels] < 0).any())}
+        if bad:
+            raise ValueError(
+                f"{path}: image {next(iter(bad))!r} has detections of a class the ensemble vocabulary lacks"
+            )
+        per_member[member] = {i: d.replace(labels=to_ensemble[d.labels]) for i, d in preds.items()}
+
+    calibrators = fit_calibrator_set(
+        per_member, truth, args.method, args.per_class, args.iou_thr, classes=ensemble_map.names
+    )
+    out = run_dir("calibrate", args.name or config["name"], args.runs)
+    path = calibrators.save(out / "calibrators.json")
+
+    from fusion.calibration.sets import apply_calibrators
+
+    protocol = CalibrationProtocol(iou_thr=args.iou_thr)
+    ids = list(truth)
+    calibrated = apply_calibrators({m: [p[i] for i in ids] for m, p in per_member.items()}, calibrators)
+    report = {
+        "protocol": protocol.model_dump(),
+        "method": args.method,
+        "per_class": args.per_class,
+        "members": {},
+    }
+    print(f"D-ECE on the fitting set ({protocol.describe()}):")
+    for member, preds in per_member.items():
+        before = detection_ece(preds, truth, protocol)
+        after = detection_ece(dict(zip(ids, calibrated[member])), truth, protocol)
+        report["members"][member] = {
+            "D-ECE before": before.as_dict()["value"],
+            "D-ECE after": after.as_dict()["value"],
+        }
+        print(f"  {member:<16} {before.value:.4f} -> {after.value:.4f}  ({before.count} detections)")
+    from fusion.io import atomic_write_json
+
+    atomic_write_json(out / "report.json", report)
+    print(f"calibrators written to {path}")
+    print("add to each member of the ensemble config:")
+    print("members:")
+    for member in per_member:
+        print(f"  - name: {member}\n    calibrator: {path}")
+    return 0

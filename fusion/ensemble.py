@@ -1,0 +1,225 @@
+"""The :class:`Ensemble`: several detectors, one call, one fused detection set per image.
+
+Members are found by their config ``type`` in :data:`fusion.registry.DETECTORS`; the core never imports an
+adapter. Images are converted once and shared by every member; member outputs stay on the ensemble's device and go
+straight into the fusion policy (``fuse_batch``), with weights built from each member's ``weight`` and
+``class_weights``. Test-time augmentation adds virtual members (see :mod:`fusion.tta`).
+
+The member config field ``calibrator`` is accepted but not applied yet (score calibration is a later feature).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fusion.classes import ClassMap
+from fusion.config import EnsembleConfigBase, load_ensemble_config
+from fusion.detections import Detections
+from fusion.detector import Detector, ImageBatch
+from fusion.fuse import make_policy
+from fusion.images import load_images
+from fusion.policy import FusionPolicy
+from fusion.registry import DETECTORS
+from fusion.tta import Augmentation, augmentations_from_config
+
+__all__ = ["Ensemble", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; an unavailable CUDA device is a ``ValueError``."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device} was asked for but CUDA is not available here; use device: auto or cpu"
+        )
+    return device
+
+
+class Ensemble:
+    """Run ensemble members on images and fuse their detections.
+
+    Args:
+        config: A validated ensemble config (:func:`fusion.config.load_ensemble_config`).
+        device: Overrides ``config.device`` (``auto``: CUDA when available).
+
+    Attributes:
+        members: The real members, in config order.
+        member_names: The names of the (virtual) members fused, in fusion order: for each member, its plain pass
+            then one ``<name>@<augmentation>`` per TTA augmentation (``@hflip``, ``@x1.5``, ...).
+        class_map: The ensemble vocabulary; every output label is one of its contiguous indices.
+        policy: The fusion policy, weights included.
+
+    Example:
+        >>> ens = Ensemble.from_config("configs/ensembles/tiny.yaml")
+        >>> fused = ens.predict(["a.jpg", "b.jpg"])       # one Detections per image
+    """
+
+    def __init__(self, config: EnsembleConfigBase, device: str | torch.device | None = None) -> None:
+        self.config = config
+        self.device = resolve_device(device if device is not None else config.device)
+        self.class_map = ClassMap.load(config.classes)
+        self.autocast_dtype: torch.dtype | None = None
+        if config.autocast is not None:
+            if self.device.type == "cuda":
+                self.autocast_dtype = torch.float16 if config.autocast == "fp16" else torch.bfloat16
+            else:
+                warnings.warn(
+                    f"autocast {config.autocast} is ignored on {self.device}: it applies on CUDA only",
+                    stacklevel=2,
+                )
+        self.members: list[Detector] = [
+            DETECTORS.get(member.type)(member, self.class_map, self.device)
+            for member in config.members  # type: ignore[attr-defined]
+        ]
+        self.augmentations: list[Augmentation] = augmentations_from_config(config.tta)
+        self._passes: list[tuple[int, Augmentation | None]] = []
+        for index, member in enumerate(self.members):
+            self._passes.append((index, None))
+            if getattr(member, "supports_tta", True):
+                self._passes.extend((index, aug) for aug in self.augmentations)
+        self.member_names = [
+            self.members[i].name + ("" if aug is None else f"@{aug.name}") for i, aug in self._passes
+        ]
+        self.policy: FusionPolicy = make_policy(config.fusion, weights=self.fusion_weights())  # type: ignore[attr-defined]
+
+    @classmethod
+    def from_config(
+        cls,
+        source: str | Path | Mapping[str, Any] | EnsembleConfigBase,
+        overrides: Sequence[str] = (),
+        device: str | torch.device | None = None,
+    ) -> Ensemble:
+        """Build from a YAML path, a shipped config name, a mapping or a loaded config, with ``dotted=value`` overrides."""
+        if isinstance(source, EnsembleConfigBase):
+            if overrides:
+                source = source.model_dump(mode="json")
+            else:
+                return cls(source, device)
+        return cls(load_ensemble_config(source, overrides), device)
+
+    # ------------------------------------------------------------------ weights
+    def fusion_weights(self) -> list[float] | list[list[float]] | None:
+        """Per virtual member weights ``[M]``, or ``[M][C]`` when any member has ``class_weights``; None if all 1.
+
+        Raises:
+            ValueError: a ``class_weights`` key that is not a class of the ensemble vocabulary.
+        """
+        rows = []
+        any_class_weights = False
+        for index, _ in self._passes:
+            member = self.members[index].config
+            row = [member.weight] * len(self.class_map)
+            for name, value in (member.class_weights or {}).items():
+                any_class_weights = True
+                if value < 0:
+                    raise ValueError(
+                        f"member {member.name!r}: class_weights[{name!r}] = {value} must be >= 0"
+                    )
+                try:
+                    row[self.class_map.index(name)] = member.weight * value
+                except KeyError as exc:
+                    raise ValueError(f"member {member.name!r}: class_weights: {exc.args[0]}") from None
+            rows.append(row)
+        if any_class_weights:
+            return rows
+        flat = [row[0] if row else 1.0 for row in rows]
+        return None if all(w == 1.0 for w in flat) else flat
+
+    # ------------------------------------------------------------------ the three steps
+    def load(self, images: Any, image_ids: Sequence[int | str] | None = None) -> ImageBatch:
+        """Images (paths, PIL, HWC uint8 numpy, CHW tensors; one or a list) -> an :class:`ImageBatch` on the device."""
+        return load_images(images, self.device, image_ids)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+
+    def run_members(self, batch: ImageBatch) -> list[list[Detections]]:
+        """Every (virtual) member on ``batch``: ``out[m][i]``, boxes in each original image's pixels, on the device."""
+        augmented: dict[str, ImageBatch] = {aug.name: aug.apply(batch) for aug in self.augmentations}
+        sizes = batch.sizes
+        out: list[list[Detections]] = []
+        with self._autocast():
+            for index, aug in self._passes:
+                member = self.members[index]
+                if aug is None:
+                    out.append(member.predict(batch))
+                else:
+                    out.append(aug.invert(member.predict(augmented[aug.name]), sizes))
+        for name, dets in zip(self.member_names, out):
+            if len(dets) != len(batch):
+                raise RuntimeError(f"member {name!r} returned {len(dets)} detections for {len(batch)} images")
+        return out
+
+    def fuse(self, per_member: Sequence[Sequence[Detections]]) -> list[Detections]:
+        """Fuse ``per_member[m][i]`` into one :class:`Detections` per image (the policy's ``fuse_batch``)."""
+        if not per_member:
+            return []
+        per_image = [list(dets) for dets in zip(*per_member)]
+        return self.policy.fuse_batch(per_image)
+
+    # ------------------------------------------------------------------ public API
+    def _chunks(self, images: Any, image_ids: Sequence[int | str] | None) -> Iterator[ImageBatch]:
+        if isinstance(images, ImageBatch):
+            items: list[Any] = [images]
+        elif isinstance(images, list | tuple) or (isinstance(images, Tensor) and images.ndim == 4):
+            items = list(images)
+        else:
+            items = [images]
+        if image_ids is not None and len(image_ids) != len(items):
+            raise ValueError(f"{len(items)} images but {len(image_ids)} image_ids")
+        if len(items) == 1 and isinstance(items[0], ImageBatch):
+            batch = items[0]
+            for start in range(0, len(batch), self.config.batch_size):
+                stop = start + self.config.batch_size
+                images_ = [im.to(self.device) for im in batch.images[start:stop]]
+                yield ImageBatch(images_, batch.image_ids[start:stop], batch.paths[start:stop])
+            return
+        ids = list(image_ids) if image_ids is not None else list(range(len(items)))
+        for start in range(0, len(items), self.config.batch_size):
+            stop = start + self.config.batch_size
+            yield self.load(items[start:stop], ids[start:stop])
+
+    def predict(self, images: Any, image_ids: Sequence[int | str] | None = None) -> list[Detections]:
+        """Fused detections of every image.
+
+        Args:
+            images: One image or a list (paths, PIL images, HWC uint8 RGB numpy arrays, CHW tensors), a
+                ``[B, 3, H, W]`` tensor, or an :class:`ImageBatch`. Lists are processed ``batch_size`` at a time.
+            image_ids: One id per image (what ``predictions`` members match records by); default: positions.
+
+        Returns:
+            One :class:`Detections` per image, on the ensemble's device: pixel xyxy boxes of that image, labels in
+            the ensemble vocabulary, sorted by score, with the policy's ``extras`` (e.g. ``votes``).
+        """
+        fused: list[Detections] = []
+        for batch in self._chunks(images, image_ids):
+            fused.extend(self.fuse(self.run_members(batch)))
+        return fused
+
+    def predict_members(
+        self, images: Any, image_ids: Sequence[int | str] | None = None
+    ) -> dict[str, list[Detections]]:
+        """Each (virtual) member's own detections: ``{member name: one Detections per image}``, before fusion.
+
+        Keys are :attr:`member_names` in fusion order (TTA passes appear as ``<name>@<augmentation>``, boxes
+        already mapped back to the original images).
+        """
+        out: dict[str, list[Detections]] = {name: [] for name in self.member_names}
+        for batch in self._chunks(images, image_ids):
+            for name, dets in zip(self.member_names, self.run_members(batch)):
+                out[name].extend(dets)
+        return out
+
+    def __repr__(self) -> str:
+        return f"Ensemble({self.config.name!r}, members={self.member_names}, device={self.device}, policy={self.policy!r})"

@@ -1,0 +1,214 @@
+"""``fusion.score`` / ``fusion score``: run every member once over a COCO dataset, cache, fuse, evaluate.
+
+Per batch the images are decoded once (in DataLoader workers) and every (virtual) member runs on them; each member's
+detections are translated into the dataset's vocabulary by class NAME and appended to its cache. Fusion and
+evaluation then read the cached results, so a resumed run, an uninterrupted run, a ``torchrun`` run and
+``fusion fuse`` on the cached files all give the same numbers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fusion.detections import Detections
+from fusion.scoring.annotations import CocoGroundTruth, load_annotations
+from fusion.scoring.predictions import Predictions
+
+__all__ = ["gt_weights", "score"]
+
+
+def gt_weights(weights: Any, ensemble_classes: Any, gt: CocoGroundTruth) -> Any:
+    """Per-class weights ``[M][C_ensemble]`` -> ``[M][C_gt]`` by class name (flat ``[M]`` weights unchanged).
+
+    Fusion here runs on labels of the dataset's vocabulary; a dataset class the ensemble lacks gets weight 1 (no
+    member ever predicts it, so its weight is never used).
+    """
+    if not weights or not isinstance(weights[0], list | tuple):
+        return weights
+    table = gt.class_map.translation_to(ensemble_classes, strict=False).tolist()
+    return [[float(row[j]) if j >= 0 else 1.0 for j in table] for row in weights]
+
+
+def _to_predictions(
+    detections: Sequence[Detections], image_ids: Sequence[int], table: torch.Tensor, gt: CocoGroundTruth
+) -> tuple[Predictions, int]:
+    """Member detections (ensemble labels) -> dataset results; also returns how many boxes had no dataset class."""
+    kept, dropped = [], 0
+    for det in detections:
+        det = det.cpu()
+        labels = table[det.labels]
+        keep = labels >= 0
+        dropped += int((~keep).sum())
+        kept.append(
+            Detections(det.boxes[keep], det.scores[keep], labels[keep], det.image_size, check_values=False)
+        )
+    return Predictions.from_detections(kept, image_ids, gt.class_map), dropped
+
+
+def _fingerprint(config: Any, gt: CocoGroundTruth, shard: np.ndarray, world: int) -> dict[str, Any]:
+    digest = hashlib.sha256(gt.image_ids.tobytes() + shard.tobytes())
+    return {
+        "members": [m.model_dump(mode="json") for m in config.members],
+        "classes": config.classes,
+        "tta": config.tta.model_dump(mode="json"),
+        "autocast": config.autocast,
+        "images": digest.hexdigest(),
+        "world_size": world,
+    }
+
+
+def score(
+    config: str | Path | Mapping[str, Any] | Any,
+    annotations: str | Path | Mapping[str, Any],
+    images: str | Path,
+    *,
+    name: str | None = None,
+    root: str | Path = "runs",
+    overrides: Sequence[str] = (),
+    backend: str = "auto",
+    device: str | None = None,
+    batch_size: int | None = None,
+    num_workers: int = 2,
+    resume: bool = True,
+    plots: bool = True,
+    seed: int = 0,
+    on_batch: Callable[[int], None] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any] | None:
+    """Score an ensemble and each of its members on a COCO dataset.
+
+    Args:
+        config: Ensemble config (YAML path, shipped name, mapping or loaded config).
+        annotations: COCO annotation file (or dict) of the dataset.
+        images: Folder holding the images' ``file_name`` paths.
+        name: Run name (default: the config's name); outputs in ``<root>/score/<name>/``.
+        root: Root of run folders.
+        overrides: ``dotted.path=value`` config overrides.
+        backend: COCO evaluation backend (``auto`` = fastest installed).
+        device: Overrides the config's device.
+        batch_size: Images per batch (default: the config's ``batch_size``).
+        num_workers: DataLoader worker processes decoding images.
+        resume: Continue from the run folder's cache when it exists (same config and dataset), else start afresh
+            in a new folder (``name2``, ...).
+        plots: Write the PNG plots.
+        seed: Seeds torch before the members are built, so randomly initialised members are reproducible.
+        on_batch: Called with the number of images done (of this process's shard) after each cached batch.
+        verbose: Print the backend, a progress bar and the table.
+
+    Returns:
+        The ``metrics.json`` dict (on rank 0; ``None`` on other ranks under ``torchrun``).
+    """
+    from tqdm.auto import tqdm
+
+    from fusion.config import EnsembleConfigBase, load_ensemble_config
+    from fusion.ensemble import Ensemble
+    from fusion.io import run_dir
+    from fusion.scoring.cache import MemberCache
+    from fusion.scoring.dataset import make_loader
+    from fusion.scoring.distributed import init_distributed
+    from fusion.scoring.evaluate import resolve_backend
+    from fusion.scoring.fuse_files import evaluate_all, fuse_predictions, policy_description
+    from fusion.scoring.report import format_table, write_outputs
+
+    cfg = (
+        config
+        if isinstance(config, EnsembleConfigBase) and not overrides
+        else load_ensemble_config(
+            config.model_dump(mode="json") if isinstance(config, EnsembleConfigBase) else config, overrides
+        )
+    )
+    backend = resolve_backend(backend)
+    gt = load_annotations(annotations)
+    dist = init_distributed()
+    try:
+        talk = verbose and dist.is_main
+        if talk:
+            print(f"evaluation backend: {backend}")
+        out = Path(
+            dist.broadcast(
+                str(run_dir("score", name or cfg.name, root, exist_ok=resume)) if dist.is_main else None
+            )
+        )
+        if device is None and dist.world_size > 1 and torch.cuda.is_available():
+            device = f"cuda:{dist.local_rank}"
+        torch.manual_seed(seed)
+        ensemble = Ensemble.from_config(cfg, device=device)
+        shard = np.arange(len(gt))[dist.rank :: dist.world_size]
+        cache_dir = out / "cache" / (f"rank{dist.rank}" if dist.world_size > 1 else "")
+        cache = MemberCache(cache_dir, ensemble.member_names, _fingerprint(cfg, gt, shard, dist.world_size))
+        done = cache.open(resume)
+        table = ensemble.class_map.translation_to(gt.class_map, strict=False)
+        dropped = 0
+        if done < len(shard):
+            loader = make_loader(
+                gt, images, batch_size or cfg.batch_size, num_workers, indices=shard[done:].tolist()
+            )
+            bar = tqdm(total=len(shard), initial=done, desc=f"score {cfg.name}", unit="img", disable=not talk)
+            with torch.inference_mode():
+                for batch_images, ids, _ in loader:
+                    batch = ensemble.load(batch_images, ids)
+                    outputs = ensemble.run_members(batch)
+                    converted = {}
+                    for member, dets in zip(ensemble.member_names, outputs):
+                        converted[member], lost = _to_predictions(dets, ids, table, gt)
+                        dropped += lost
+                    done += len(ids)
+                    cache.append(converted, done)
+                    bar.update(len(ids))
+                    if on_batch is not None:
+                        on_batch(done)
+            bar.close()
+        if dropped and verbose:
+            missing = [n for n, j in zip(ensemble.class_map.names, table.tolist()) if j < 0]
+            print(
+                f"warning: {dropped} member detection(s) of classes the dataset lacks were not scored: {missing[:10]}"
+            )
+        gathered = dist.gather(cache.load())
+        if not dist.is_main or gathered is None:
+            return None
+        members = {
+            name: _in_dataset_order(Predictions.concat([part[name] for part in gathered]), gt)
+            for name in ensemble.member_names
+        }
+        params = ensemble.policy.params
+        weights = gt_weights(params.weights, ensemble.class_map, gt)
+        described = policy_description(params, weights=weights)
+        fused = fuse_predictions(list(members.values()), gt, params, weights=weights)
+        member_results, fused_result = evaluate_all(gt, members, fused, backend)
+        for member, preds in members.items():
+            preds.save(out / "members" / f"{member}.json")
+        resolved = {
+            "command": "score",
+            "config": cfg.model_dump(mode="json"),
+            "annotations": str(annotations) if not isinstance(annotations, Mapping) else "<dict>",
+            "images": str(images),
+            "backend": backend,
+            "seed": seed,
+            "world_size": dist.world_size,
+        }
+        metrics = write_outputs(
+            out, gt, member_results, fused_result, fused, described, resolved, plots=plots
+        )
+        if talk:
+            print(format_table(member_results, fused_result))
+            print(f"results in {out}")
+        metrics["run_dir"] = str(out)
+        return metrics
+    finally:
+        dist.barrier()
+        dist.close()
+
+
+def _in_dataset_order(preds: Predictions, gt: CocoGroundTruth) -> Predictions:
+    # Shards interleave images; a stable sort by dataset position restores single-process order (within an image
+    # the member's own order is kept, since one rank produced all of it).
+    order = np.argsort(gt.positions(preds.image_ids), kind="stable")
+    return Predictions(
+        preds.image_ids[order], preds.category_ids[order], preds.boxes[order], preds.scores[order]
+    )

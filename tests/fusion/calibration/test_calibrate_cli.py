@@ -1,0 +1,120 @@
+"""`fusion calibrate` end to end on generated files, and the reliability diagram."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from fusion.calibration import CalibratorSet, detection_ece, fit_calibrator_set, ground_truth_from_coco
+from fusion.calibration.plots import reliability_diagram
+from fusion.calibration.simulate import simulate_miscalibrated_member
+from fusion.classes import ClassMap
+from fusion.cli import main
+from fusion.interop import from_coco_records
+from fusion.synthetic import make_coco_ground_truth
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calibrate")
+    gt = make_coco_ground_truth(60, seed=4, crowd_fraction=0.05)
+    (root / "val.json").write_text(json.dumps(gt))
+    config = {
+        "name": "trio",
+        "classes": "coco80",
+        "members": [{"name": "a", "type": "predictions"}, {"name": "b", "type": "predictions"}],
+    }
+    (root / "ens.yaml").write_text(yaml.safe_dump(config))
+    records = {
+        "a": simulate_miscalibrated_member(gt, 0.4, seed=1),
+        "b": simulate_miscalibrated_member(gt, 2.5, seed=2),
+    }
+    (root / "a.json").write_text(json.dumps(records["a"]))
+    # member b as a scoring cache (JSONL) at the default location
+    cache = root / "runs" / "score" / "trio" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "b.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records["b"]))
+    (cache / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records["a"]))
+    return root, gt, records
+
+
+def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
+    root, gt, records = files
+    argv = [
+        "calibrate",
+        "--config",
+        str(root / "ens.yaml"),
+        "--annotations",
+        str(root / "val.json"),
+        "--runs",
+        str(root / "runs"),
+    ]
+    assert (
+        main(
+            [
+                *argv,
+                "--predictions",
+                f"a={root / 'a.json'}",
+                "--predictions",
+                f"b={root / 'runs/score/trio/cache/b.jsonl'}",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    path = root / "runs" / "calibrate" / "trio" / "calibrators.json"
+    assert f"calibrator: {path}" in out and "- name: a" in out and "- name: b" in out
+    coco80 = ClassMap.load("coco80")
+    loaded = CalibratorSet.load(path, coco80.names)
+    # The same fit done by hand, in the ensemble's vocabulary (coco91 category ids -> coco80 labels by name).
+    data_map = ClassMap.from_coco_categories(gt["categories"])
+    table = data_map.translation_to(coco80)
+    truth = {i: g.replace(labels=table[g.labels]) for i, g in ground_truth_from_coco(gt, data_map).items()}
+    members = {
+        n: {
+            i: d.replace(labels=table[d.labels])
+            for i, d in from_coco_records(r, data_map, None, truth).items()
+        }
+        for n, r in records.items()
+    }
+    expected = fit_calibrator_set(members, truth, "isotonic", classes=coco80.names)
+    assert loaded.to_json() == expected.to_json()
+    report = json.loads((root / "runs" / "calibrate" / "trio" / "report.json").read_text())
+    before = detection_ece(members["b"], truth).value
+    assert report["members"]["b"]["D-ECE before"] == pytest.approx(before, abs=1e-6)
+    assert report["members"]["b"]["D-ECE after"] < 0.5 * before
+
+    # Default inputs: the scoring cache; a second run gets its own folder (trio2), never overwriting.
+    assert main([*argv, "--method", "temperature", "--per-class"]) == 0
+    second = CalibratorSet.load(root / "runs" / "calibrate" / "trio2" / "calibrators.json")
+    assert second["a"].method == "temperature" and second.protocol["per_class"] is True
+
+
+def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):
+    root, _, _ = files
+    base = ["calibrate", "--config", str(root / "ens.yaml"), "--annotations", str(root / "val.json")]
+    assert main([*base, "--runs", str(tmp_path)]) == 2
+    assert "run `fusion score` first" in capsys.readouterr().err
+    assert main([*base, "--predictions", f"zzz={root / 'a.json'}", "--runs", str(tmp_path)]) == 2
+    assert "no member 'zzz'" in capsys.readouterr().err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
+    assert main([*base, "--predictions", f"a={bad}", "--runs", str(tmp_path)]) == 2
+    assert "image id 999" in capsys.readouterr().err
+
+
+def test_reliability_diagram_png(tmp_path):
+    from fusion.calibration import MatchedPairs, dece
+
+    rng = np.random.default_rng(0)
+    s = torch.from_numpy(rng.random(200).astype(np.float32))
+    pairs = MatchedPairs(
+        s, torch.from_numpy(rng.random(200) < 0.5), torch.zeros(200, dtype=torch.int64), torch.zeros(200, 4)
+    )
+    path = reliability_diagram({"raw": dece(pairs)}, tmp_path / "rel.png")
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    assert (width, height) == (500, 500)
