@@ -5,7 +5,9 @@ adapter. Images are converted once and shared by every member; member outputs st
 straight into the fusion policy (``fuse_batch``), with weights built from each member's ``weight`` and
 ``class_weights``. Test-time augmentation adds virtual members (see :mod:`fusion.tta`).
 
-The member config field ``calibrator`` is accepted but not applied yet (score calibration is a later feature).
+A member's ``calibrator`` (a ``calibrators.json`` from ``fusion calibrate``) maps its raw scores to calibrated ones
+before fusion, exactly once, in :meth:`Ensemble.predict`; its TTA passes use the same calibrator. Scoring caches the
+raw member outputs and calibrates them at fusion time, so a new calibrator needs no re-run of the models.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fusion.calibration.calibrators import Calibrator
 from fusion.classes import ClassMap
 from fusion.config import EnsembleConfigBase, load_ensemble_config
 from fusion.detections import Detections
@@ -90,6 +93,7 @@ class Ensemble:
             self.members[i].name + ("" if aug is None else f"@{aug.name}") for i, aug in self._passes
         ]
         self.policy: FusionPolicy = make_policy(config.fusion, weights=self.fusion_weights())  # type: ignore[attr-defined]
+        self.calibrators: dict[str, Calibrator] = self._load_calibrators()
 
     @classmethod
     def from_config(
@@ -134,7 +138,31 @@ class Ensemble:
         flat = [row[0] if row else 1.0 for row in rows]
         return None if all(w == 1.0 for w in flat) else flat
 
-    # ------------------------------------------------------------------ the three steps
+    def _load_calibrators(self) -> dict[str, Calibrator]:
+        """``{virtual member name: calibrator}`` for the members whose config names a ``calibrator`` file."""
+        from fusion.calibration.sets import load_member_calibrator
+
+        loaded: dict[int, Calibrator] = {}
+        for index, member in enumerate(self.members):
+            path = member.config.calibrator
+            if path is None:
+                continue
+            try:
+                loaded[index] = load_member_calibrator(path, member.name, self.class_map.names)
+            except (ValueError, FileNotFoundError) as exc:
+                raise type(exc)(f"members[{index}].calibrator ({member.name!r}): {exc}") from None
+        return {name: loaded[i] for name, (i, _) in zip(self.member_names, self._passes) if i in loaded}
+
+    @property
+    def calibrator_files(self) -> dict[str, str]:
+        """``{virtual member name: calibrator file}`` of the members that are calibrated."""
+        return {
+            name: str(self.members[i].config.calibrator)
+            for name, (i, _) in zip(self.member_names, self._passes)
+            if name in self.calibrators
+        }
+
+    # ------------------------------------------------------------------ the four steps
     def load(self, images: Any, image_ids: Sequence[int | str] | None = None) -> ImageBatch:
         """Images (paths, PIL, HWC uint8 numpy, CHW tensors; one or a list) -> an :class:`ImageBatch` on the device."""
         return load_images(images, self.device, image_ids)
@@ -160,6 +188,19 @@ class Ensemble:
             if len(dets) != len(batch):
                 raise RuntimeError(f"member {name!r} returned {len(dets)} detections for {len(batch)} images")
         return out
+
+    def calibrate(self, per_member: Sequence[Sequence[Detections]]) -> list[list[Detections]]:
+        """Apply each member's calibrator to its detections ``per_member[m][i]`` (in :attr:`member_names` order).
+
+        Exactly once: rows are marked ``extras["calibrated"]`` and marked rows are left alone, so calibrating
+        twice changes nothing. Without calibrators the input is returned as it is.
+        """
+        if not self.calibrators:
+            return [list(dets) for dets in per_member]
+        from fusion.calibration.sets import apply_calibrators
+
+        named = apply_calibrators(dict(zip(self.member_names, per_member)), self.calibrators)
+        return [named[name] for name in self.member_names]
 
     def fuse(self, per_member: Sequence[Sequence[Detections]]) -> list[Detections]:
         """Fuse ``per_member[m][i]`` into one :class:`Detections` per image (the policy's ``fuse_batch``)."""
@@ -204,20 +245,22 @@ class Ensemble:
         """
         fused: list[Detections] = []
         for batch in self._chunks(images, image_ids):
-            fused.extend(self.fuse(self.run_members(batch)))
+            fused.extend(self.fuse(self.calibrate(self.run_members(batch))))
         return fused
 
     def predict_members(
-        self, images: Any, image_ids: Sequence[int | str] | None = None
+        self, images: Any, image_ids: Sequence[int | str] | None = None, calibrated: bool = True
     ) -> dict[str, list[Detections]]:
         """Each (virtual) member's own detections: ``{member name: one Detections per image}``, before fusion.
 
         Keys are :attr:`member_names` in fusion order (TTA passes appear as ``<name>@<augmentation>``, boxes
-        already mapped back to the original images).
+        already mapped back to the original images). With ``calibrated`` (default) scores are what fusion sees:
+        after each member's calibrator; ``calibrated=False`` gives the raw scores.
         """
         out: dict[str, list[Detections]] = {name: [] for name in self.member_names}
         for batch in self._chunks(images, image_ids):
-            for name, dets in zip(self.member_names, self.run_members(batch)):
+            outputs = self.run_members(batch)
+            for name, dets in zip(self.member_names, self.calibrate(outputs) if calibrated else outputs):
                 out[name].extend(dets)
         return out
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "fusion.cli.score",
     "fusion.cli.tune",
     "fusion.cli.calibrate",
+    "fusion.cli.demo",
 )
 
 

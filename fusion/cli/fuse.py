@@ -40,6 +40,17 @@ def add_common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
 
 
+def add_calibrators(parser: argparse.ArgumentParser) -> None:
+    """``--calibrators``, shared by ``fuse`` and ``tune`` (``score`` takes them from the ensemble config)."""
+    parser.add_argument(
+        "--calibrators",
+        default=None,
+        metavar="JSON",
+        help="calibrators.json from `fusion calibrate`: each member named in it (by file stem) is calibrated "
+        "before fusion; metrics then also report the uncalibrated fusion",
+    )
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "fuse",
@@ -66,6 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "(e.g. coco80 for ultralytics' 0..79); translated by class name",
     )
     parser.add_argument("--device", default="cpu", help="device fusion runs on (cpu, cuda)")
+    add_calibrators(parser)
     parser.set_defaults(run=run)
 
 
@@ -84,5 +96,6 @@ def run(args: argparse.Namespace) -> int:
         pred_classes=args.pred_classes,
         plots=not args.no_plots,
         device=args.device,
+        calibration=args.calibrators,
     )
     return 0

@@ -8,7 +8,7 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from fusion.cli.fuse import add_common
+    from fusion.cli.fuse import add_calibrators, add_common
 
     parser = subparsers.add_parser(
         "tune",
@@ -27,6 +27,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--pred-classes", default=None, help="vocabulary of the files' category ids (e.g. coco80)"
     )
+    add_calibrators(parser)
     parser.set_defaults(run=run)
 
 
@@ -43,5 +44,6 @@ def run(args: argparse.Namespace) -> int:
         name=args.name or "tune",
         root=args.project,
         pred_classes=args.pred_classes,
+        calibrators=args.calibrators,
     )
     return 0

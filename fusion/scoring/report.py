@@ -6,8 +6,10 @@
      "policy": {"type": "wbf", ...}, "per_class_ap": {"members": {NAME: {class: AP}}, "fused": {class: AP}},
      "num_images": I, "num_detections": {NAME: n, "fused": n}}
 
-Extra per-entry metrics (e.g. calibration's ``"D-ECE"``) are added by putting them in ``EvalResult.extra`` (or the
-``extra`` argument of :func:`build_metrics`); they are merged into that entry next to the 12 COCO stats.
+Extra per-entry metrics (calibration's ``"D-ECE"``) come through the ``extra`` argument of :func:`build_metrics` and
+are merged into that entry next to the 12 COCO stats; top-level additions (``"calibration_protocol"``, and with
+calibrators ``"calibrators"`` and ``"fused_uncalibrated"``) through ``summary``. :func:`write_run` writes a
+:class:`~fusion.scoring.fuse_files.ScoredRun` with both.
 """
 
 from __future__ import annotations
@@ -15,14 +17,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fusion.io import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
 from fusion.scoring.annotations import CocoGroundTruth
 from fusion.scoring.evaluate import STAT_KEYS, EvalResult
 from fusion.scoring.predictions import Predictions
 
-__all__ = ["build_metrics", "format_table", "plot_per_class_ap", "plot_pr_curves", "write_outputs"]
+if TYPE_CHECKING:
+    from fusion.scoring.fuse_files import ScoredRun
+
+__all__ = [
+    "build_metrics",
+    "format_run",
+    "format_table",
+    "plot_per_class_ap",
+    "plot_pr_curves",
+    "write_outputs",
+    "write_run",
+]
 
 _TABLE_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
 
@@ -41,8 +54,10 @@ def build_metrics(
     policy: Mapping[str, Any] | None,
     num_images: int,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    summary: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``metrics.json`` dict; ``extra[name]`` (a member name or ``"fused"``) adds metrics to that entry."""
+    """The ``metrics.json`` dict; ``extra[name]`` (a member name or ``"fused"``) adds metrics to that entry, and
+    ``summary`` adds top-level keys."""
     extra = extra or {}
     backends = {r.backend for r in [*members.values(), *([fused] if fused else [])]}
     metrics: dict[str, Any] = {
@@ -59,24 +74,60 @@ def build_metrics(
             **{n: r.num_detections for n, r in members.items()},
             **({"fused": fused.num_detections} if fused else {}),
         },
+        **(summary or {}),
     }
     return metrics
 
 
-def format_table(members: Mapping[str, EvalResult], fused: EvalResult | None) -> str:
-    """A markdown table: one row per member, the fused row, and the fused gain over the best member (by AP)."""
-    header = "| | " + " | ".join(_TABLE_KEYS) + " |\n|---|" + "---:|" * len(_TABLE_KEYS) + "\n"
-    rows = [
-        f"| {name} | " + " | ".join(f"{r.stats[k]:.4f}" for k in _TABLE_KEYS) + " |"
-        for name, r in members.items()
-    ]
+def _cells(
+    stats: Mapping[str, float], extra: Mapping[str, Any] | None, columns: list[str], bold: bool
+) -> str:
+    values = [f"{stats[k]:.4f}" for k in _TABLE_KEYS]
+    for column in columns[len(_TABLE_KEYS) :]:
+        value = (extra or {}).get(column)
+        values.append("-" if value is None else f"{value:.4f}")
+    return " | ".join(f"**{v}**" if bold else v for v in values)
+
+
+def format_table(
+    members: Mapping[str, EvalResult],
+    fused: EvalResult | None,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    fused_uncalibrated: Mapping[str, Any] | None = None,
+) -> str:
+    """A markdown table: one row per member, the fused row, and the fused gain over the best member (by AP).
+
+    With ``extra`` (per-entry ``"D-ECE"`` / ``"D-ECE uncalibrated"``) those columns are added; with
+    ``fused_uncalibrated`` (stats of the raw members' fusion) a row for it, so calibration's effect shows.
+    """
+    extra = extra or {}
+    columns = list(_TABLE_KEYS)
+    for key in ("D-ECE", "D-ECE uncalibrated"):
+        if any(key in e for e in extra.values()):
+            columns.append(key)
+    header = "| | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
+    rows = [f"| {name} | {_cells(r.stats, extra.get(name), columns, False)} |" for name, r in members.items()]
+    if fused_uncalibrated is not None:
+        rows.append(
+            f"| fused, uncalibrated | {_cells(fused_uncalibrated, fused_uncalibrated, columns, False)} |"
+        )
     if fused is not None:
-        rows.append("| **fused** | " + " | ".join(f"**{fused.stats[k]:.4f}**" for k in _TABLE_KEYS) + " |")
+        rows.append(f"| **fused** | {_cells(fused.stats, extra.get('fused'), columns, True)} |")
         if members:
             best_name, best = max(members.items(), key=lambda item: item[1].stats["AP"])
             gains = " | ".join(f"{fused.stats[k] - best.stats[k]:+.4f}" for k in _TABLE_KEYS)
-            rows.append(f"| gain over best member ({best_name}) | {gains} |")
+            rows.append(
+                f"| gain over best member ({best_name}) | {gains} |"
+                + " |" * (len(columns) - len(_TABLE_KEYS))
+            )
     return header + "\n".join(rows) + "\n"
+
+
+def format_run(run: ScoredRun) -> str:
+    """:func:`format_table` of a scored run, followed by the D-ECE protocol."""
+    summary = run.summary()
+    table = format_table(run.members, run.fused, run.entry_extras(), summary.get("fused_uncalibrated"))
+    return table + f"D-ECE protocol: {run.protocol.describe()}\n"
 
 
 def _report_markdown(
@@ -85,6 +136,8 @@ def _report_markdown(
     fused: EvalResult | None,
     policy: Mapping[str, Any] | None,
     plots: list[str],
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+    summary: Mapping[str, Any] | None = None,
 ) -> str:
     backend = next(iter(members.values())).backend if members else (fused.backend if fused else "?")
     lines = [
@@ -94,9 +147,17 @@ def _report_markdown(
         f"{len(gt.class_map)} categories)",
         f"- evaluation backend: {backend} (COCO bbox, 12 stats as pycocotools)",
         f"- fusion policy: `{dict(policy) if policy else None}`",
-        "",
-        format_table(members, fused),
     ]
+    summary = summary or {}
+    if "calibration_protocol" in summary:
+        from fusion.calibration.dece import CalibrationProtocol
+
+        protocol = CalibrationProtocol(**summary["calibration_protocol"])
+        lines.append(f"- D-ECE protocol: {protocol.describe()}")
+    if summary.get("calibrators"):
+        files = sorted(set(summary["calibrators"].values()))
+        lines.append(f"- calibrated: {', '.join(summary['calibrators'])} (from {', '.join(files)})")
+    lines += ["", format_table(members, fused, extra, summary.get("fused_uncalibrated"))]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
     return "\n".join(lines) + "\n"
 
@@ -179,10 +240,15 @@ def write_outputs(
     *,
     plots: bool = True,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    summary: Mapping[str, Any] | None = None,
+    reliability: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write every output of a scoring run into ``out``; returns the metrics dict."""
+    """Write every output of a scoring run into ``out``; returns the metrics dict.
+
+    ``reliability`` (``{label: DECEResult}``) adds a reliability diagram, ``reliability.png``, to the plots.
+    """
     out = Path(out)
-    metrics = build_metrics(members, fused, policy, len(gt), extra)
+    metrics = build_metrics(members, fused, policy, len(gt), extra, summary)
     atomic_write_yaml(out / "config.yaml", dict(config))
     if fused_predictions is not None:
         fused_predictions.save(out / "fused.json")
@@ -190,6 +256,43 @@ def write_outputs(
     if plots:
         written.append(str(plot_pr_curves(out / "pr_curves.png", members, fused)))
         written.append(str(plot_per_class_ap(out / "per_class_ap.png", members, fused)))
+        if reliability:
+            from fusion.calibration.plots import reliability_diagram
+
+            drawable = {k: r for k, r in reliability.items() if r.count > 0}
+            if drawable:
+                written.append(str(reliability_diagram(drawable, out / "reliability.png", "Reliability")))
     atomic_write_json(out / "metrics.json", metrics)
-    atomic_write_text(out / "report.md", _report_markdown(gt, members, fused, policy, written))
+    atomic_write_text(
+        out / "report.md", _report_markdown(gt, members, fused, policy, written, extra, summary)
+    )
     return metrics
+
+
+def write_run(
+    out: Path,
+    gt: CocoGroundTruth,
+    run: ScoredRun,
+    policy: Mapping[str, Any] | None,
+    config: Mapping[str, Any],
+    *,
+    plots: bool = True,
+) -> dict[str, Any]:
+    """:func:`write_outputs` of a :class:`~fusion.scoring.fuse_files.ScoredRun`: D-ECE in every entry, the
+    protocol (and calibration baseline) at the top level, and a reliability diagram of members and fused."""
+    reliability = dict(run.dece)
+    if "fused" in run.uncalibrated_dece:
+        reliability["fused, uncalibrated"] = run.uncalibrated_dece["fused"]
+    return write_outputs(
+        out,
+        gt,
+        run.members,
+        run.fused,
+        run.fused_predictions,
+        policy,
+        config,
+        plots=plots,
+        extra=run.entry_extras(),
+        summary=run.summary(),
+        reliability=reliability,
+    )

@@ -110,11 +110,12 @@ def score(
     from fusion.ensemble import Ensemble
     from fusion.io import run_dir
     from fusion.scoring.cache import MemberCache
+    from fusion.scoring.calibration import Calibration
     from fusion.scoring.dataset import make_loader
     from fusion.scoring.distributed import init_distributed
     from fusion.scoring.evaluate import resolve_backend
-    from fusion.scoring.fuse_files import evaluate_all, fuse_predictions, policy_description
-    from fusion.scoring.report import format_table, write_outputs
+    from fusion.scoring.fuse_files import fuse_and_evaluate, policy_description
+    from fusion.scoring.report import format_run, write_run
 
     cfg = (
         config
@@ -179,9 +180,15 @@ def score(
         params = ensemble.policy.params
         weights = gt_weights(params.weights, ensemble.class_map, gt)
         described = policy_description(params, weights=weights)
-        fused = fuse_predictions(list(members.values()), gt, params, weights=weights)
-        member_results, fused_result = evaluate_all(gt, members, fused, backend)
-        for member, preds in members.items():
+        calibration = Calibration(
+            members=dict(ensemble.calibrators),
+            classes=tuple(ensemble.class_map.names),
+            sources=ensemble.calibrator_files,
+        )
+        run = fuse_and_evaluate(
+            members, gt, params, {"weights": weights}, backend=backend, calibration=calibration
+        )
+        for member, preds in members.items():  # raw results: a new calibrator needs no re-run
             preds.save(out / "members" / f"{member}.json")
         resolved = {
             "command": "score",
@@ -192,11 +199,9 @@ def score(
             "seed": seed,
             "world_size": dist.world_size,
         }
-        metrics = write_outputs(
-            out, gt, member_results, fused_result, fused, described, resolved, plots=plots
-        )
+        metrics = write_run(out, gt, run, described, resolved, plots=plots)
         if talk:
-            print(format_table(member_results, fused_result))
+            print(format_run(run))
             print(f"results in {out}")
         metrics["run_dir"] = str(out)
         return metrics

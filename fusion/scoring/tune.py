@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from fusion.scoring.annotations import CocoGroundTruth, load_annotations
+from fusion.scoring.calibration import Calibration, calibrate_members, calibrate_predictions
 from fusion.scoring.evaluate import evaluate, resolve_backend
 from fusion.scoring.fuse_files import fuse_predictions, load_member_files
 from fusion.scoring.predictions import Predictions
@@ -110,8 +111,13 @@ def tune(
     backend: str = "auto",
     metric: str = "AP",
     progress: bool = True,
+    calibration: Calibration | None = None,
 ) -> tuple[Trial, list[Trial]]:
-    """Search fusion settings for ``members`` on ``gt``; returns the best trial and all trials in order."""
+    """Search fusion settings for ``members`` on ``gt``; returns the best trial and all trials in order.
+
+    With ``calibration``, members are calibrated once, before the search, so every trial fuses calibrated scores
+    (as the ensemble will), and the fused output's calibrator (if any) is applied to every trial's fusion.
+    """
     from scipy.optimize import minimize
     from scipy.stats import qmc
     from tqdm.auto import tqdm
@@ -120,7 +126,9 @@ def tune(
         raise ValueError(f"trials must be >= 1, got {trials}")
     backend = resolve_backend(backend)
     space = SearchSpace(policies, len(members))
-    preds = list(members.values())
+    preds = list(calibrate_members(members, calibration, gt).values())
+    fused_calibrator = calibration.fused if calibration is not None else None
+    classes = calibration.classes if calibration is not None else None
     history: list[Trial] = []
     seen: dict[str, float] = {}
     bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
@@ -135,6 +143,7 @@ def tune(
                 {k: v for k, v in setting.items() if k != "weights"},
                 weights=setting.get("weights"),
             )
+            fused = calibrate_predictions(fused, fused_calibrator, gt, classes)
             stats = evaluate(gt, fused, backend, source="fused").stats
             history.append(Trial(len(history), phase, setting, stats))
             seen[key] = stats[metric]
@@ -240,9 +249,14 @@ def tune_files(
     pred_classes: str | None = None,
     classes: str = "coco80",
     progress: bool = True,
+    calibrators: str | Path | None = None,
 ) -> Path:
     """Tune on saved member results files; writes ``best.yaml`` (an ensemble config of ``predictions`` members
-    with the best fusion and weights), ``trials.csv`` and ``config.yaml`` under ``runs/tune/<name>/``."""
+    with the best fusion and weights), ``trials.csv`` and ``config.yaml`` under ``runs/tune/<name>/``.
+
+    ``calibrators`` (a ``calibrators.json`` naming members by file stem) calibrates members before the search;
+    ``best.yaml`` then references it in each calibrated member's ``calibrator`` field.
+    """
     from fusion.io import atomic_write_text, atomic_write_yaml, run_dir
 
     backend = resolve_backend(backend)
@@ -250,8 +264,16 @@ def tune_files(
         print(f"evaluation backend: {backend}")
     gt = load_annotations(annotations)
     members = load_member_files(paths, gt, pred_classes)
+    calibration = Calibration.from_file(calibrators) if calibrators is not None else None
     best, history = tune(
-        members, gt, policies=policies, trials=trials, seed=seed, backend=backend, progress=progress
+        members,
+        gt,
+        policies=policies,
+        trials=trials,
+        seed=seed,
+        backend=backend,
+        progress=progress,
+        calibration=calibration,
     )
     out = run_dir("tune", name, root)
     weights = best.policy.get("weights") or [1.0] * len(members)
@@ -266,6 +288,11 @@ def tune_files(
                 "path": str(Path(p).resolve()),
                 "classes": pred_classes or "coco91",
                 "weight": float(w),
+                **(
+                    {"calibrator": str(Path(calibrators).resolve())}
+                    if calibration is not None and n in calibration.members
+                    else {}
+                ),
             }
             for n, p, w in zip(members, paths, weights)
         ],
@@ -283,6 +310,7 @@ def tune_files(
             "trials": trials,
             "seed": seed,
             "backend": backend,
+            "calibrators": str(calibrators) if calibrators is not None else None,
             "best": {"policy": best.policy, "stats": best.stats, "trial": best.number},
         },
     )
