@@ -52,7 +52,11 @@ class TTAConfig(BaseModel):
 
 
 class EnsembleConfigBase(BaseModel):
-    """Fields of an ensemble config besides ``members`` and ``fusion`` (which are added per config)."""
+    """Fields of an ensemble config besides ``members`` and ``fusion`` (which are added per config).
+
+    ``fused_calibrator`` names a ``calibrators.json`` (from ``fusion calibrate``) whose ``fused`` entry maps the
+    fused scores after fusion; members' own calibrators are set per member (``members[i].calibrator``).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -62,6 +66,7 @@ class EnsembleConfigBase(BaseModel):
     batch_size: int = Field(4, ge=1)
     autocast: Literal["fp16", "bf16"] | None = None
     tta: TTAConfig = Field(default_factory=TTAConfig)
+    fused_calibrator: str | None = None
 
     @field_validator("device")
     @classmethod

@@ -7,7 +7,9 @@ straight into the fusion policy (``fuse_batch``), with weights built from each m
 
 A member's ``calibrator`` (a ``calibrators.json`` from ``fusion calibrate``) maps its raw scores to calibrated ones
 before fusion, exactly once, in :meth:`Ensemble.predict`; its TTA passes use the same calibrator. Scoring caches the
-raw member outputs and calibrates them at fusion time, so a new calibrator needs no re-run of the models.
+raw member outputs and calibrates them at fusion time, so a new calibrator needs no re-run of the models. The config's
+``fused_calibrator`` then maps the fused scores (averaging calibrated scores does not give calibrated fused scores:
+boxes several members agree on are right more often than their mean score says).
 """
 
 from __future__ import annotations
@@ -94,6 +96,7 @@ class Ensemble:
         ]
         self.policy: FusionPolicy = make_policy(config.fusion, weights=self.fusion_weights())  # type: ignore[attr-defined]
         self.calibrators: dict[str, Calibrator] = self._load_calibrators()
+        self.fused_calibrator: Calibrator | None = self._load_fused_calibrator()
 
     @classmethod
     def from_config(
@@ -117,26 +120,13 @@ class Ensemble:
         Raises:
             ValueError: a ``class_weights`` key that is not a class of the ensemble vocabulary.
         """
-        rows = []
-        any_class_weights = False
-        for index, _ in self._passes:
-            member = self.members[index].config
-            row = [member.weight] * len(self.class_map)
-            for name, value in (member.class_weights or {}).items():
-                any_class_weights = True
-                if value < 0:
-                    raise ValueError(
-                        f"member {member.name!r}: class_weights[{name!r}] = {value} must be >= 0"
-                    )
-                try:
-                    row[self.class_map.index(name)] = member.weight * value
-                except KeyError as exc:
-                    raise ValueError(f"member {member.name!r}: class_weights: {exc.args[0]}") from None
-            rows.append(row)
-        if any_class_weights:
-            return rows
-        flat = [row[0] if row else 1.0 for row in rows]
-        return None if all(w == 1.0 for w in flat) else flat
+        configs = [self.members[index].config for index, _ in self._passes]
+        return member_fusion_weights(
+            [c.name for c in configs],
+            [c.weight for c in configs],
+            [c.class_weights for c in configs],
+            self.class_map,
+        )
 
     def _load_calibrators(self) -> dict[str, Calibrator]:
         """``{virtual member name: calibrator}`` for the members whose config names a ``calibrator`` file."""
@@ -153,6 +143,17 @@ class Ensemble:
                 raise type(exc)(f"members[{index}].calibrator ({member.name!r}): {exc}") from None
         return {name: loaded[i] for name, (i, _) in zip(self.member_names, self._passes) if i in loaded}
 
+    def _load_fused_calibrator(self) -> Calibrator | None:
+        path = self.config.fused_calibrator
+        if path is None:
+            return None
+        from fusion.calibration.sets import load_fused_calibrator
+
+        try:
+            return load_fused_calibrator(path, self.class_map.names)
+        except (ValueError, FileNotFoundError) as exc:
+            raise type(exc)(f"fused_calibrator: {exc}") from None
+
     @property
     def calibrator_files(self) -> dict[str, str]:
         """``{virtual member name: calibrator file}`` of the members that are calibrated."""
@@ -160,7 +161,7 @@ class Ensemble:
             name: str(self.members[i].config.calibrator)
             for name, (i, _) in zip(self.member_names, self._passes)
             if name in self.calibrators
-        }
+        } | ({"fused": str(self.config.fused_calibrator)} if self.fused_calibrator is not None else {})
 
     # ------------------------------------------------------------------ the four steps
     def load(self, images: Any, image_ids: Sequence[int | str] | None = None) -> ImageBatch:
@@ -201,6 +202,14 @@ class Ensemble:
 
         named = apply_calibrators(dict(zip(self.member_names, per_member)), self.calibrators)
         return [named[name] for name in self.member_names]
+
+    def calibrate_fused(self, fused: Sequence[Detections]) -> list[Detections]:
+        """The fused output's scores through ``fused_calibrator`` (re-sorted by score); unchanged without one."""
+        if self.fused_calibrator is None:
+            return list(fused)
+        from fusion.calibration.sets import calibrate_fused
+
+        return calibrate_fused(fused, self.fused_calibrator)
 
     def fuse(self, per_member: Sequence[Sequence[Detections]]) -> list[Detections]:
         """Fuse ``per_member[m][i]`` into one :class:`Detections` per image (the policy's ``fuse_batch``)."""
@@ -245,7 +254,7 @@ class Ensemble:
         """
         fused: list[Detections] = []
         for batch in self._chunks(images, image_ids):
-            fused.extend(self.fuse(self.calibrate(self.run_members(batch))))
+            fused.extend(self.calibrate_fused(self.fuse(self.calibrate(self.run_members(batch)))))
         return fused
 
     def predict_members(
@@ -266,3 +275,34 @@ class Ensemble:
 
     def __repr__(self) -> str:
         return f"Ensemble({self.config.name!r}, members={self.member_names}, device={self.device}, policy={self.policy!r})"
+
+
+def member_fusion_weights(
+    names: Sequence[str],
+    weights: Sequence[float],
+    class_weights: Sequence[Mapping[str, float] | None],
+    class_map: ClassMap,
+) -> list[float] | list[list[float]] | None:
+    """Fusion weights of members from their ``weight`` and ``class_weights`` config fields.
+
+    Returns:
+        ``[M]`` weights, or ``[M][C]`` (``C = len(class_map)``) when any member has ``class_weights``; None if all 1.
+
+    Raises:
+        ValueError: a negative class weight, or a ``class_weights`` key that is not a class of ``class_map``.
+    """
+    rows = []
+    for name, weight, per_class in zip(names, weights, class_weights):
+        row = [weight] * len(class_map)
+        for cls_name, value in (per_class or {}).items():
+            if value < 0:
+                raise ValueError(f"member {name!r}: class_weights[{cls_name!r}] = {value} must be >= 0")
+            try:
+                row[class_map.index(cls_name)] = weight * value
+            except KeyError as exc:
+                raise ValueError(f"member {name!r}: class_weights: {exc.args[0]}") from None
+        rows.append(row)
+    if any(per_class for per_class in class_weights):
+        return rows
+    flat = [float(w) for w in weights]
+    return None if all(w == 1.0 for w in flat) else flat

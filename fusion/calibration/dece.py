@@ -163,28 +163,29 @@ def matched_pairs(
     results = match_detections(preds, gts, iou_thr, class_agnostic_matching)
     device = preds[0].device
     keep = torch.cat([~r.ignored for r in results])
-    boxes = []
-    for det in preds:  # normalisation per image: each has its own size
-        if det.image_size is None:
-            boxes.append(torch.full((len(det), 4), float("nan"), device=device))
-            continue
-        h, w = det.image_size
-        b = det.boxes
-        cxcywh = torch.stack(
-            [
-                (b[:, 0] + b[:, 2]) / 2 / w,
-                (b[:, 1] + b[:, 3]) / 2 / h,
-                (b[:, 2] - b[:, 0]) / w,
-                (b[:, 3] - b[:, 1]) / h,
-            ],
-            1,
-        )
-        boxes.append(cxcywh)
+    # Normalised cxcywh for box-aware bins, all images in one go; NaN where an image has no size.
+    sizes = torch.tensor(
+        [d.image_size if d.image_size is not None else (float("nan"),) * 2 for d in preds],
+        dtype=torch.float32,
+        device=device,
+    )
+    counts = torch.tensor([len(d) for d in preds], device=device)
+    h, w = sizes.repeat_interleave(counts, dim=0).unbind(1)
+    b = torch.cat([d.boxes for d in preds]).reshape(-1, 4)
+    cxcywh = torch.stack(
+        [
+            (b[:, 0] + b[:, 2]) / 2 / w,
+            (b[:, 1] + b[:, 3]) / 2 / h,
+            (b[:, 2] - b[:, 0]) / w,
+            (b[:, 3] - b[:, 1]) / h,
+        ],
+        1,
+    )
     pairs = MatchedPairs(
         torch.cat([d.scores for d in preds]),
         torch.cat([r.is_tp for r in results]),
         torch.cat([d.labels for d in preds]),
-        torch.cat(boxes).reshape(-1, 4),
+        cxcywh,
     )
     return pairs.select(keep)
 

@@ -18,6 +18,7 @@ without a calibrator are marked too, so that every member's detections carry the
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ __all__ = [
     "CalibratorSet",
     "apply_calibrators",
     "calibrate_detections",
+    "calibrate_fused",
+    "load_fused_calibrator",
     "load_member_calibrator",
 ]
 
@@ -227,3 +230,42 @@ def apply_calibrators(
                 f"calibrators given for unknown member(s) {unknown}; members are {sorted(per_member)}"
             )
     return {name: calibrate_detections(dets, calibrators.get(name)) for name, dets in per_member.items()}
+
+
+def load_fused_calibrator(path: str | Path, class_names: Sequence[str] | None = None) -> Calibrator:
+    """The ``fused`` calibrator of the set at ``path`` (an ensemble config's ``fused_calibrator``)."""
+    calibrators = CalibratorSet.load(path, class_names)
+    if calibrators.fused is None:
+        raise ValueError(
+            f"{path}: has no fused calibrator (refit with `fusion calibrate`, which fits one unless --no-fused)"
+        )
+    return calibrators.fused
+
+
+def calibrate_fused(detections: Sequence[Detections], calibrator: Calibrator) -> list[Detections]:
+    """Fused detections of many images -> the same boxes with calibrated scores, re-sorted by score per image.
+
+    One ``apply`` call for all images. Per-class curves can reorder boxes of different classes, so each image's rows
+    are sorted again (descending score, stable) to keep the fused output's order invariant.
+    """
+    detections = list(detections)
+    if not detections:
+        return []
+    device = detections[0].device
+    counts = [len(d) for d in detections]
+    scores = calibrator.apply(
+        torch.cat([d.scores.to(device) for d in detections]),
+        torch.cat([d.labels.to(device) for d in detections]),
+    )
+    image = torch.repeat_interleave(
+        torch.arange(len(detections), device=device), torch.tensor(counts, device=device)
+    )
+    # Sort by (image, -score) in one stable pass: scores lie in [0, 1], so image + (1 - score) / 2 orders both.
+    order = torch.sort(image.double() + (1.0 - scores.double()) / 2, stable=True).indices
+    starts = [0, *itertools.accumulate(counts)][:-1]
+    return [
+        det.replace(scores=part.to(det.device))[(local - start).to(det.device)]
+        for det, part, local, start in zip(
+            detections, torch.split(scores, counts), torch.split(order, counts), starts
+        )
+    ]

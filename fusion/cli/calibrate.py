@@ -4,6 +4,11 @@ Inputs are each member's saved COCO results on the validation images: by default
 ``fusion score`` writes (``runs/score/<config name>/cache/<member>.jsonl``), or explicit files given with
 ``--predictions member=path.json`` (``.json`` list or ``.jsonl``). Output: ``runs/calibrate/<name>/calibrators.json``
 and, on stdout, the ensemble config snippet that references it.
+
+Besides one calibrator per member, the set holds one for the FUSED output (unless ``--no-fused``): the calibrated
+members are fused with the config's policy and weights, and a calibrator is fitted on that fusion. WBF's ``avg``
+scores of calibrated members are not calibrated themselves (a box only one of three members found gets a third of
+its score), so the fused calibrator is what brings the fused output's D-ECE down.
 """
 
 from __future__ import annotations
@@ -36,6 +41,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--per-class", action="store_true", help="also fit one curve per class with enough boxes"
     )
     parser.add_argument("--iou-thr", type=float, default=0.5, help="IoU for a detection to count as correct")
+    parser.add_argument(
+        "--no-fused",
+        action="store_true",
+        help="skip the calibrator of the fused output (fitted on the calibrated members' fusion, config's policy)",
+    )
     parser.add_argument("--name", default=None, help="run name (default: the config's name)")
     parser.add_argument("--runs", default="runs", help="root folder of run outputs")
     parser.set_defaults(run=_run)
@@ -60,11 +70,17 @@ def _read_config(source: str) -> dict[str, Any]:
         names.append(member["name"])
     if not isinstance(data.get("name"), str):
         raise ValueError(f"{path}: name: missing or not a string")
+    fusion = data.get("fusion", {"type": "wbf"})
+    tta = data.get("tta") or {}
     return {
         "path": path,
         "name": data["name"],
         "classes": str(data.get("classes", "coco80")),
         "members": names,
+        "weights": [float(m.get("weight", 1.0)) for m in members],
+        "class_weights": [m.get("class_weights") for m in members],
+        "fusion": {"type": fusion} if isinstance(fusion, str) else fusion,
+        "tta": bool(tta.get("hflip") or tta.get("scales")) if isinstance(tta, dict) else False,
     }
 
 
@@ -159,14 +175,23 @@ def _run(args: argparse.Namespace) -> int:
     calibrators = fit_calibrator_set(
         per_member, truth, args.method, args.per_class, args.iou_thr, classes=ensemble_map.names
     )
+    from fusion.calibration.sets import apply_calibrators
+
+    ids = list(truth)
+    calibrated = apply_calibrators({m: [p[i] for i in ids] for m, p in per_member.items()}, calibrators)
+    fused_raw = fused_calibrated = None
+    if not args.no_fused and config["tta"]:
+        print(
+            "no fused calibrator: the config uses TTA, whose passes the scoring cache does not hold separately"
+        )
+    elif not args.no_fused:
+        fused_raw, fused_calibrated, calibrators.fused = _fit_fused(
+            config, ensemble_map, per_member, calibrated, ids, truth, args
+        )
     out = run_dir("calibrate", args.name or config["name"], args.runs)
     path = calibrators.save(out / "calibrators.json")
 
-    from fusion.calibration.sets import apply_calibrators
-
     protocol = CalibrationProtocol(iou_thr=args.iou_thr)
-    ids = list(truth)
-    calibrated = apply_calibrators({m: [p[i] for i in ids] for m, p in per_member.items()}, calibrators)
     report = {
         "protocol": protocol.model_dump(),
         "method": args.method,
@@ -182,12 +207,71 @@ def _run(args: argparse.Namespace) -> int:
             "D-ECE after": after.as_dict()["value"],
         }
         print(f"  {member:<16} {before.value:.4f} -> {after.value:.4f}  ({before.count} detections)")
+    if fused_raw is not None and fused_calibrated is not None and calibrators.fused is not None:
+        from fusion.calibration.sets import calibrate_fused
+
+        before = detection_ece(dict(zip(ids, fused_raw)), truth, protocol)
+        middle = detection_ece(dict(zip(ids, fused_calibrated)), truth, protocol)
+        after = detection_ece(
+            dict(zip(ids, calibrate_fused(fused_calibrated, calibrators.fused))), truth, protocol
+        )
+        report["fused"] = {
+            "D-ECE before": before.as_dict()["value"],
+            "D-ECE members calibrated": middle.as_dict()["value"],
+            "D-ECE after": after.as_dict()["value"],
+        }
+        print(
+            f"  {'fused':<16} {before.value:.4f} -> {middle.value:.4f} (members calibrated) -> {after.value:.4f}"
+        )
     from fusion.io import atomic_write_json
 
     atomic_write_json(out / "report.json", report)
     print(f"calibrators written to {path}")
-    print("add to each member of the ensemble config:")
+    print("add to the ensemble config:")
+    if calibrators.fused is not None:
+        print(f"fused_calibrator: {path}")
     print("members:")
     for member in per_member:
         print(f"  - name: {member}\n    calibrator: {path}")
     return 0
+
+
+def _fit_fused(
+    config: dict[str, Any],
+    ensemble_map: Any,
+    per_member: dict[str, dict[Any, Any]],
+    calibrated: dict[str, list[Any]],
+    ids: list[Any],
+    truth: dict[Any, Any],
+    args: argparse.Namespace,
+) -> tuple[list[Any], list[Any], Any]:
+    """Fuse raw and calibrated members with the config's policy and weights; fit the fused output's calibrator.
+
+    Returns the raw members' fusion, the calibrated members' fusion (one Detections per image of ``ids``) and the
+    calibrator fitted on the latter, which is what the ensemble's ``fused_calibrator`` maps at prediction time.
+    """
+    from fusion.calibration import fit_member_calibrator
+    from fusion.ensemble import member_fusion_weights
+    from fusion.fuse import fuse_batch, make_policy
+
+    names = list(per_member)
+    order = [config["members"].index(n) for n in names]
+    weights = member_fusion_weights(
+        names,
+        [config["weights"][k] for k in order],
+        [config["class_weights"][k] for k in order],
+        ensemble_map,
+    )
+    try:
+        policy = make_policy(config["fusion"], weights=weights)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{config['path']}: fusion: {exc}") from None
+    raw = fuse_batch([[per_member[n][i] for n in names] for i in ids], policy)
+    fused = fuse_batch([list(per_image) for per_image in zip(*(calibrated[n] for n in names))], policy)
+    try:
+        calibrator = fit_member_calibrator(
+            dict(zip(ids, fused)), truth, args.method, args.per_class, args.iou_thr
+        )
+    except ValueError as exc:
+        raise ValueError(f"fused output: {exc}") from None
+    return raw, fused, calibrator

@@ -251,9 +251,43 @@ class Predictions:
     def save(self, path: str | Path) -> Path:
         """Write a COCO results JSON list (``.json``) or one record per line (``.jsonl``), atomically."""
         path = Path(path)
-        records = self.records()
-        data = b"".join(_dumps(r) + b"\n" for r in records) if path.suffix == ".jsonl" else _dumps(records)
+        rows = self._json_rows()
+        data = (
+            b"".join(row + b"\n" for row in rows)
+            if path.suffix == ".jsonl"
+            else b"[" + b",".join(rows) + b"]"
+        )
         return atomic_write_bytes(path, data)
+
+    def _json_rows(self) -> list[bytes]:
+        """One compact JSON object per detection, as :meth:`records` would serialise.
+
+        orjson writes each column in C (shortest round-trip floats); only the final interleaving is per row, which
+        makes saving a COCO-scale fused set (over a million rows) several times faster than dumping dicts.
+        """
+        try:
+            import orjson
+        except ImportError:
+            return [_dumps(r) for r in self.records()]
+        if not len(self):
+            return []
+
+        def column(values: np.ndarray) -> list[bytes]:
+            return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(
+                b","
+            )
+
+        boxes = orjson.dumps(np.ascontiguousarray(self.boxes), option=orjson.OPT_SERIALIZE_NUMPY)
+        template = b'{"image_id":%b,"category_id":%b,"bbox":[%b],"score":%b}'
+        return [
+            template % row
+            for row in zip(
+                column(self.image_ids),
+                column(self.category_ids),
+                boxes[2:-2].split(b"],["),
+                column(self.scores),
+            )
+        ]
 
 
 def _dumps(value: Any) -> bytes:

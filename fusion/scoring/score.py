@@ -183,6 +183,7 @@ def score(
         calibration = Calibration(
             members=dict(ensemble.calibrators),
             classes=tuple(ensemble.class_map.names),
+            fused=ensemble.fused_calibrator,
             sources=ensemble.calibrator_files,
         )
         run = fuse_and_evaluate(

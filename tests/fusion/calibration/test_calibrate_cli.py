@@ -7,7 +7,15 @@ import pytest
 import torch
 import yaml
 
-from fusion.calibration import CalibratorSet, detection_ece, fit_calibrator_set, ground_truth_from_coco
+from fusion import fuse_batch
+from fusion.calibration import (
+    CalibratorSet,
+    apply_calibrators,
+    detection_ece,
+    fit_calibrator_set,
+    fit_member_calibrator,
+    ground_truth_from_coco,
+)
 from fusion.calibration.plots import reliability_diagram
 from fusion.calibration.simulate import simulate_miscalibrated_member
 from fusion.classes import ClassMap
@@ -80,16 +88,30 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
         for n, r in records.items()
     }
     expected = fit_calibrator_set(members, truth, "isotonic", classes=coco80.names)
+    # The fused output's calibrator: fitted on the config's policy (WBF defaults) over the calibrated members.
+    ids = list(truth)
+    calibrated = apply_calibrators({n: [m[i] for i in ids] for n, m in members.items()}, expected)
+    fused = fuse_batch([list(p) for p in zip(*calibrated.values())], "wbf")
+    expected.fused = fit_member_calibrator(dict(zip(ids, fused)), truth, "isotonic")
     assert loaded.to_json() == expected.to_json()
+    assert f"fused_calibrator: {path}" in out
     report = json.loads((root / "runs" / "calibrate" / "trio" / "report.json").read_text())
     before = detection_ece(members["b"], truth).value
     assert report["members"]["b"]["D-ECE before"] == pytest.approx(before, abs=1e-6)
     assert report["members"]["b"]["D-ECE after"] < 0.5 * before
+    fused_before = detection_ece(
+        dict(zip(ids, fuse_batch([[m[i] for m in members.values()] for i in ids], "wbf"))), truth
+    )
+    assert report["fused"]["D-ECE before"] == pytest.approx(fused_before.value, abs=1e-6)
+    assert report["fused"]["D-ECE after"] < 0.5 * report["fused"]["D-ECE before"]
 
     # Default inputs: the scoring cache; a second run gets its own folder (trio2), never overwriting.
     assert main([*argv, "--method", "temperature", "--per-class"]) == 0
     second = CalibratorSet.load(root / "runs" / "calibrate" / "trio2" / "calibrators.json")
     assert second["a"].method == "temperature" and second.protocol["per_class"] is True
+    assert second.fused is not None and second.fused.method == "temperature"
+    assert main([*argv, "--no-fused"]) == 0
+    assert CalibratorSet.load(root / "runs" / "calibrate" / "trio3" / "calibrators.json").fused is None
 
 
 def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):

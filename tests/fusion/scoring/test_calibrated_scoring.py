@@ -295,3 +295,77 @@ def test_tune_with_calibrators_writes_them_into_best_yaml(data: dict) -> None:
     )
     assert _metrics(check)["fused"]["AP"] == pytest.approx(chosen["stats"]["AP"], abs=1e-9)
     assert len((out / "trials.csv").read_text().splitlines()) == 5
+
+
+@pytest.fixture(scope="module")
+def with_fused(data: dict) -> Path:
+    """The member calibrators plus a fused-output calibrator fitted on the calibrated members' WBF (as `fusion
+    calibrate` does), saved as one set."""
+    from fusion import fuse_batch
+    from fusion.calibration import fit_member_calibrator
+    from fusion.calibration.sets import apply_calibrators
+
+    gt, truth = data["gt"], data["truth"]
+    data_map, table = _in_coco80(gt)
+    ids = list(truth)
+    sizes = {i: t.image_size for i, t in truth.items()}
+    per_member = {}
+    for name, records in data["records"].items():
+        found = from_coco_records(records, data_map, sizes, ids)
+        per_member[name] = [found[i].replace(labels=table[found[i].labels]) for i in ids]
+    calibrated = apply_calibrators(per_member, data["calibrators"])
+    fused = fuse_batch([list(p) for p in zip(*calibrated.values())], {"type": "wbf", "iou_thr": 0.55})
+    found = CalibratorSet.load(data["root"] / "calibrators.json")
+    found.fused = fit_member_calibrator(dict(zip(ids, fused)), truth, "isotonic")
+    return found.save(data["root"] / "calibrators_fused.json")
+
+
+def test_fused_calibrator_in_ensemble_predict_and_score(data: dict, with_fused: Path) -> None:
+    root, gt = data["root"], data["gt"]
+    images = [torch.zeros(3, im["height"], im["width"], dtype=torch.uint8) for im in gt["images"][:10]]
+    ids = [im["id"] for im in gt["images"][:10]]
+    config = _ensemble_config(root, calibrated=True)
+    for member in config["members"]:
+        member["calibrator"] = str(with_fused)
+    fused_calibrator = CalibratorSet.load(with_fused).fused
+    plain = Ensemble.from_config(config)
+    config["fused_calibrator"] = str(with_fused)
+    ensemble = Ensemble.from_config(config)
+    assert ensemble.calibrator_files["fused"] == str(with_fused)
+    got = ensemble.predict(images, ids)
+    for det, base in zip(got, plain.predict(images, ids)):
+        expected = fused_calibrator.apply(base.scores, base.labels)
+        order = torch.sort(expected, descending=True, stable=True).indices
+        torch.testing.assert_close(det.scores, expected[order])
+        torch.testing.assert_close(det.boxes, base.boxes[order])
+        assert bool((det.scores[:-1] >= det.scores[1:]).all())
+    assert any(not torch.equal(d.scores, b.scores) for d, b in zip(got, plain.predict(images, ids)))
+
+    # score: the fused entry is what `fusion fuse --calibrators` gives with the same set (members + fused).
+    image_dir = root / "images"
+    image_dir.mkdir(exist_ok=True)
+    for image in gt["images"]:
+        Image.new("RGB", (image["width"], image["height"])).save(image_dir / image["file_name"])
+    common = {"root": root / "runs", "plots": False, "verbose": False}
+    metrics = score(config, root / "val.json", image_dir, name="fusedcal", num_workers=0, **common)
+    by_files = _metrics(
+        fuse_files(
+            [root / "a.json", root / "b.json"],
+            root / "val.json",
+            "wbf",
+            {"iou_thr": 0.55},
+            name="fusedcmp",
+            calibration=with_fused,
+            **common,
+        )
+    )
+    assert metrics["fused"] == by_files["fused"]
+    assert metrics["fused"]["D-ECE"] < 0.5 * metrics["fused_uncalibrated"]["D-ECE"]
+    assert metrics["fused"]["AP"] >= metrics["fused_uncalibrated"]["AP"] - 0.01
+
+
+def test_fused_calibrator_missing_from_the_set_is_named(data: dict) -> None:
+    config = _ensemble_config(data["root"], calibrated=False)
+    config["fused_calibrator"] = str(data["root"] / "calibrators.json")
+    with pytest.raises(ValueError, match=r"fused_calibrator: .*calibrators\.json: has no fused calibrator"):
+        Ensemble.from_config(config)

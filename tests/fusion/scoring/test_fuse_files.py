@@ -104,7 +104,7 @@ def test_fuse_writes_plots_and_config(saved, monkeypatch) -> None:
     monkeypatch.chdir(folder)
     assert main(["fuse", *map(str, paths[:2]), "--annotations", "gt.json", "--name", "plots"]) == 0
     out = folder / "runs" / "fuse" / "plots"
-    for png in ("pr_curves.png", "per_class_ap.png"):
+    for png in ("pr_curves.png", "per_class_ap.png", "reliability.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     import yaml
 
