@@ -64,7 +64,7 @@ def _transformer_latency(
 
 def variants() -> dict[str, torch.nn.Module]:
     teacher = build_detr("detr_resnet50").eval()
-    return {
+    models = {
         "teacher R50 6/6 (8 heads, FFN 2048)": teacher,
         "student 4/3": build_student(teacher, encoder_layers=4, decoder_layers=3),
         "student 4/3, 6 heads": build_student(teacher, encoder_layers=4, decoder_layers=3, num_heads=6),
@@ -80,14 +80,21 @@ def variants() -> dict[str, torch.nn.Module]:
             backbone="resnet18",
         ),
     }
+    # Students are built for training (train mode: dropout on); time them as they are deployed.
+    return {name: model.eval() for name, model in models.items()}
 
 
 def cpu_table(models: dict[str, torch.nn.Module], size: int, reps: int) -> None:
     images = torch.randn(1, 3, size, size)
     mask = torch.zeros(1, size, size, dtype=torch.bool)
     reference = ReferenceDETR().eval()
-    reference.load_state_dict(next(iter(models.values())).state_dict())
-    ref_time = _latency(reference, images, mask, reps)
+    teacher = next(iter(models.values()))
+    reference.load_state_dict(teacher.state_dict())
+    # Ours vs reference: alternate the two for `reps` rounds so that load on a shared CPU hits both alike.
+    ref_time = ours_time = float("inf")
+    for _ in range(reps):
+        ref_time = min(ref_time, _latency(reference, images, mask, 1))
+        ours_time = min(ours_time, _latency(teacher, images, mask, 1))
     print(f"\nCPU, batch 1, {size}x{size}, best of {reps} (torch threads: {torch.get_num_threads()})")
     print(
         f"{'model':40s} {'params (M)':>10s} {'vs 6/6':>8s} {'latency (s)':>12s} {'speed-up':>9s} {'transformer (s)':>16s} {'speed-up':>9s}"
@@ -106,7 +113,8 @@ def cpu_table(models: dict[str, torch.nn.Module], size: int, reps: int) -> None:
             f" {tr:16.3f} {base_tr / tr:8.2f}x"
         )
     print(
-        f"ours vs reference, R50 6/6: {ref_time / base_time:.2f}x the reference's speed (>= 1.0 meets the target)"
+        f"ours vs reference, R50 6/6 (alternating rounds): {ref_time:.3f} s vs {ours_time:.3f} s -> "
+        f"{ref_time / ours_time:.2f}x the reference's speed (>= 1.0 meets the target)"
     )
 
 
