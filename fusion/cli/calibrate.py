@@ -14,7 +14,6 @@ its score), so the fused calibrator is what brings the fused output's D-ECE down
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
@@ -85,21 +84,12 @@ def _read_config(source: str) -> dict[str, Any]:
 
 
 def _read_records(path: Path) -> list[Any]:
+    from fusion.scoring.annotations import read_json
+    from fusion.scoring.predictions import read_jsonl
+
     if not path.exists():
         raise FileNotFoundError(f"predictions file {path} does not exist")
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError:
-                    raise ValueError(f"{path}:{number}: not valid JSON") from None
-        return records
-    try:
-        records = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    records = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
     if not isinstance(records, list):
         raise ValueError(f"{path}: COCO results must be a JSON list of records, got {type(records).__name__}")
     return records
@@ -135,18 +125,12 @@ def _run(args: argparse.Namespace) -> int:
     from fusion.classes import ClassMap
     from fusion.interop import from_coco_records
     from fusion.io import run_dir
+    from fusion.scoring.annotations import load_annotations
 
     config = _read_config(args.config)
     annotations = Path(args.annotations)
-    if not annotations.exists():
-        raise FileNotFoundError(f"annotation file {annotations} does not exist")
-    try:
-        dataset = json.loads(annotations.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{annotations}: not valid JSON: {exc}") from None
-    if not isinstance(dataset, dict) or not {"images", "annotations", "categories"} <= set(dataset):
-        raise ValueError(f"{annotations}: not a COCO annotation file (needs images, annotations, categories)")
-    data_map = ClassMap.from_coco_categories(dataset["categories"])
+    gt = load_annotations(annotations)  # validated: ids, categories, boxes (errors name the list and index)
+    dataset, data_map = gt.dataset, gt.class_map
     ensemble_map = ClassMap.load(config["classes"])
     # Everything is matched in the ensemble's vocabulary (the labels calibrators see at prediction time); dataset
     # classes the ensemble lacks become label -1, which no detection can match.
