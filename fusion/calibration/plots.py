@@ -48,7 +48,7 @@ def reliability_diagram(
     axes.set_xlabel("mean confidence")
     axes.set_ylabel("precision")
     axes.set_title(f"{title}\n{protocol.describe()}", fontsize=9)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="best")
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     return atomic_write_bytes(path, buffer.getvalue())
