@@ -2,7 +2,7 @@
 
 Three members see the same generated objects: ``over`` (over-confident, temperature 0.4), ``under``
 (under-confident, 2.5) and ``fair`` (calibrated by construction, 1.0); see
-:mod:`fusion.calibration.simulate`. Isotonic calibrators are fitted per member on a validation split and applied
+:mod:`fusion.synthetic`. Isotonic calibrators are fitted per member on a validation split and applied
 to the members' scores on a separate test split before WBF. Reported on the test split: D-ECE of each member and of
 the fused output (protocol printed), and COCO AP / AP50 (faster-coco-eval, pycocotools' numbers) of the fused output.
 
@@ -24,10 +24,9 @@ from fusion.calibration import (
     fit_member_calibrator,
     ground_truth_from_coco,
 )
-from fusion.calibration.simulate import simulate_miscalibrated_member
 from fusion.classes import ClassMap
 from fusion.interop import from_coco_records, to_coco_records
-from fusion.synthetic import make_coco_ground_truth
+from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
 MEMBERS = {"over": 0.4, "under": 2.5, "fair": 1.0}
 

@@ -92,7 +92,7 @@ def main() -> None:
     from fusion.scoring.annotations import load_annotations
     from fusion.scoring.evaluate import STAT_KEYS, evaluate, resolve_backend
     from fusion.scoring.fuse_files import fuse_files, fuse_predictions, load_member_files
-    from fusion.scoring.synthetic import synthetic_annotations, synthetic_predictions
+    from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
     folder = Path(tempfile.mkdtemp(prefix="scoring_speed_"))
     dataset = synthetic_annotations(

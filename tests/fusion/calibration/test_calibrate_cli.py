@@ -17,11 +17,10 @@ from fusion.calibration import (
     ground_truth_from_coco,
 )
 from fusion.calibration.plots import reliability_diagram
-from fusion.calibration.simulate import simulate_miscalibrated_member
 from fusion.classes import ClassMap
 from fusion.cli import main
 from fusion.interop import from_coco_records
-from fusion.synthetic import make_coco_ground_truth
+from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
 
 @pytest.fixture(scope="module")

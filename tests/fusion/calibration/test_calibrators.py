@@ -19,10 +19,9 @@ from fusion.calibration import (
     fit_calibrator_set,
     ground_truth_from_coco,
 )
-from fusion.calibration.simulate import simulate_miscalibrated_member
 from fusion.classes import ClassMap
 from fusion.interop import from_coco_records
-from fusion.synthetic import make_coco_ground_truth
+from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
 METHODS = sorted(CALIBRATORS)
 

@@ -13,7 +13,7 @@ import pytest
 from fusion.scoring.annotations import load_annotations
 from fusion.scoring.evaluate import STAT_KEYS, available_backends, evaluate, resolve_backend
 from fusion.scoring.predictions import Predictions
-from fusion.scoring.synthetic import synthetic_annotations, synthetic_predictions
+from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 
 def reference_stats(dataset: dict, records: list[dict]) -> np.ndarray:

@@ -13,7 +13,7 @@ from fusion.cli import main
 from fusion.interop import from_coco_records
 from fusion.scoring.annotations import load_annotations
 from fusion.scoring.evaluate import STAT_KEYS
-from fusion.scoring.synthetic import synthetic_annotations, synthetic_predictions
+from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from PIL import Image
 
 from fusion.scoring import score
 from fusion.scoring.fuse_files import fuse_files
-from fusion.scoring.synthetic import synthetic_annotations, synthetic_predictions
+from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 
 @pytest.fixture(scope="module")

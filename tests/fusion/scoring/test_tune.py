@@ -12,8 +12,8 @@ from fusion.cli import main
 from fusion.scoring.annotations import load_annotations
 from fusion.scoring.evaluate import evaluate
 from fusion.scoring.fuse_files import fuse_predictions
-from fusion.scoring.synthetic import synthetic_annotations, synthetic_predictions
 from fusion.scoring.tune import SearchSpace, tune
+from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 
 def test_search_space_decodes_each_policy_fields_only() -> None:
