@@ -39,6 +39,13 @@ def _version(module: str) -> str:
         return "installed"
 
 
+def _default_backend() -> str:
+    from fusion.scoring.evaluate import available_backends
+
+    found = available_backends()
+    return f"{found[0]} (auto; installed: {', '.join(found)})" if found else "none installed"
+
+
 def environment_report() -> dict[str, object]:
     """Versions of the key packages, devices, weight-cache folders and whether runs can be fully offline."""
     import torch
@@ -58,6 +65,8 @@ def environment_report() -> dict[str, object]:
         "ensemble_boxes": _version("ensemble_boxes"),
         "pycocotools": _version("pycocotools"),
         "faster_coco_eval": _version("faster_coco_eval"),
+        "hotcoco": _version("hotcoco"),
+        "evaluation_backend": _default_backend(),
         "devices": devices,
         "torchvision_weights_dir": str(hub_checkpoints),
         "torchvision_weights_cached": sorted(p.name for p in hub_checkpoints.glob("*.pth"))

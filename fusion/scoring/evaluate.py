@@ -2,9 +2,9 @@
 
 Backends (``backend=`` / ``--backend``):
 
-* ``pycocotools``: the reference (pure Python matching, ~40 s for 5000 images / 500k detections on one core).
-* ``faster-coco-eval``: C++ port, a dependency, ~10x faster, same numbers.
-* ``hotcoco``: Rust port, optional (``pip install hotcoco``), ~150x faster, same numbers.
+* ``pycocotools``: the reference (pure Python matching; ~65 s per set of 5000 images / 500k detections here).
+* ``faster-coco-eval``: C++ port, a dependency, ~5x faster; equal to pycocotools within a few ulp.
+* ``hotcoco``: Rust port, a dependency, ~0.35 s per such set (~190x); bit-identical to pycocotools in our tests.
 * ``auto`` (default): the fastest of those that is installed, in the order hotcoco, faster-coco-eval, pycocotools.
 
 Each backend only runs the per-image matching and the accumulation into ``precision [T, R, K, A, M]`` and
