@@ -164,11 +164,19 @@ def _run(args: argparse.Namespace) -> int:
     ids = list(truth)
     calibrated = apply_calibrators({m: [p[i] for i in ids] for m, p in per_member.items()}, calibrators)
     fused_raw = fused_calibrated = None
-    if not args.no_fused and config["tta"]:
+    missing = [m for m in config["members"] if m not in per_member]
+    if args.no_fused:
+        pass
+    elif config["tta"]:
         print(
             "no fused calibrator: the config uses TTA, whose passes the scoring cache does not hold separately"
         )
-    elif not args.no_fused:
+    elif missing:
+        # A calibrator fitted on the fusion of some members would be applied to the fusion of all of them.
+        print(
+            f"no fused calibrator: no predictions for member(s) {missing}, so the ensemble's fusion cannot be made"
+        )
+    else:
         fused_raw, fused_calibrated, calibrators.fused = _fit_fused(
             config, ensemble_map, per_member, calibrated, ids, truth, args
         )

@@ -49,7 +49,7 @@ def test_import_fusion_stays_light() -> None:
     code = (
         "import sys, fusion; "
         "heavy = [m for m in ('ultralytics', 'supervision', 'pycocotools', 'faster_coco_eval', 'matplotlib', "
-        "'ensemble_boxes', 'detectors', 'policies', 'scipy') if m in sys.modules]; print(heavy)"
+        "'ensemble_boxes', 'hotcoco', 'detectors', 'policies', 'scipy') if m in sys.modules]; print(heavy)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"

@@ -111,6 +111,11 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     assert second.fused is not None and second.fused.method == "temperature"
     assert main([*argv, "--no-fused"]) == 0
     assert CalibratorSet.load(root / "runs" / "calibrate" / "trio3" / "calibrators.json").fused is None
+    # Predictions of only some members: their fusion is not the ensemble's, so no fused calibrator is fitted.
+    capsys.readouterr()
+    assert main([*argv, "--predictions", f"a={root / 'a.json'}"]) == 0
+    assert "no predictions for member(s) ['b']" in capsys.readouterr().out
+    assert CalibratorSet.load(root / "runs" / "calibrate" / "trio4" / "calibrators.json").fused is None
 
 
 def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):
