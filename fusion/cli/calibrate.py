@@ -51,7 +51,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _read_config(source: str) -> dict[str, Any]:
-    """Only the fields calibration needs (name, classes, member names): no detector plug-in is imported."""
+    """Only the fields calibration needs (name, classes, members' names and weights, fusion, TTA): no detector plug-in
+    is imported."""
     from fusion.classes import CONFIGS_DIR
     from fusion.config import load_yaml
 
@@ -70,6 +71,8 @@ def _read_config(source: str) -> dict[str, Any]:
     if not isinstance(data.get("name"), str):
         raise ValueError(f"{path}: name: missing or not a string")
     fusion = data.get("fusion", {"type": "wbf"})
+    if not isinstance(fusion, str | dict):
+        raise ValueError(f"{path}: fusion: expected a policy name or a mapping, got {type(fusion).__name__}")
     tta = data.get("tta") or {}
     return {
         "path": path,
@@ -78,7 +81,7 @@ def _read_config(source: str) -> dict[str, Any]:
         "members": names,
         "weights": [float(m.get("weight", 1.0)) for m in members],
         "class_weights": [m.get("class_weights") for m in members],
-        "fusion": {"type": fusion} if isinstance(fusion, str) else fusion,
+        "fusion": {"type": fusion} if isinstance(fusion, str) else {"type": "wbf", **fusion},
         "tta": bool(tta.get("hflip") or tta.get("scales")) if isinstance(tta, dict) else False,
     }
 
