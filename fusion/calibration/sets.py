@@ -260,8 +260,9 @@ def calibrate_fused(detections: Sequence[Detections], calibrator: Calibrator) ->
     image = torch.repeat_interleave(
         torch.arange(len(detections), device=device), torch.tensor(counts, device=device)
     )
-    # Sort by (image, -score) in one stable pass: scores lie in [0, 1], so image + (1 - score) / 2 orders both.
-    order = torch.sort(image.double() + (1.0 - scores.double()) / 2, stable=True).indices
+    # Score descending, then image (both stable), as the policies' own output order is made.
+    order = torch.sort(scores, descending=True, stable=True).indices
+    order = order[torch.sort(image[order], stable=True).indices]
     starts = [0, *itertools.accumulate(counts)][:-1]
     return [
         det.replace(scores=part.to(det.device))[(local - start).to(det.device)]
