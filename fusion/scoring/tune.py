@@ -255,7 +255,8 @@ def tune_files(
     with the best fusion and weights), ``trials.csv`` and ``config.yaml`` under ``runs/tune/<name>/``.
 
     ``calibrators`` (a ``calibrators.json`` naming members by file stem) calibrates members before the search;
-    ``best.yaml`` then references it in each calibrated member's ``calibrator`` field.
+    ``best.yaml`` then references it in each calibrated member's ``calibrator`` field (and as ``fused_calibrator``
+    when the set has one).
     """
     from fusion.io import atomic_write_text, atomic_write_yaml, run_dir
 
@@ -298,6 +299,8 @@ def tune_files(
         ],
         "fusion": fusion,
     }
+    if calibration is not None and calibration.fused is not None:  # every trial was scored after it
+        config["fused_calibrator"] = str(Path(calibrators).resolve())
     atomic_write_yaml(out / "best.yaml", config)
     atomic_write_text(out / "trials.csv", trials_csv(history))
     atomic_write_yaml(

@@ -368,3 +368,17 @@ def test_fused_calibrator_missing_from_the_set_is_named(data: dict) -> None:
     config["fused_calibrator"] = str(data["root"] / "calibrators.json")
     with pytest.raises(ValueError, match=r"fused_calibrator: .*calibrators\.json: has no fused calibrator"):
         Ensemble.from_config(config)
+
+
+def test_tune_with_a_fused_calibrator_names_it_in_best_yaml(data: dict, with_fused: Path) -> None:
+    root = data["root"]
+    files = [root / "a.json", root / "b.json"]
+    common = {"root": root / "runs", "progress": False, "trials": 2, "calibrators": with_fused}
+    best = yaml.safe_load(
+        (tune_files(files, root / "val.json", name="tf", **common) / "best.yaml").read_text()
+    )
+    assert best["fused_calibrator"] == str(with_fused.resolve())
+    plain = tune_files(
+        files, root / "val.json", name="tp", **{**common, "calibrators": root / "calibrators.json"}
+    )
+    assert "fused_calibrator" not in yaml.safe_load((plain / "best.yaml").read_text())
