@@ -30,16 +30,17 @@ class Detections:
     Invariants (checked on construction, ``ValueError`` naming the field otherwise):
 
     * ``boxes``: float32 ``[N, 4]``, ``(x1, y1, x2, y2)`` in absolute pixels, finite, ``x2 >= x1`` and
-      ``y2 >= y1`` (zero-area boxes are allowed).
-    * ``scores``: float32 ``[N]``, finite.
+      ``y2 >= y1`` (zero-area boxes are allowed). Boxes given as a float64 TENSOR stay float64 (saved results
+      are read that way, so that fusing them is exact arithmetic on the file's decimal values).
+    * ``scores``: ``[N]``, finite, of the boxes' dtype.
     * ``labels``: int64 ``[N]``, contiguous class indices of a :class:`~fusion.classes.ClassMap`.
     * ``extras``: ``dict[str, Tensor]`` whose tensors have ``N`` rows, e.g. ``extras["member"]`` (the member that
       produced each box) or ``extras["votes"]`` (distinct members in a fused cluster).
     * ``image_size``: optional ``(height, width)`` of the image the boxes are in.
     * Every tensor lives on the same device.
 
-    Float64 or int32 inputs are converted; other dtypes (e.g. float boxes given as labels) are converted too, since
-    ultralytics hands out float class ids. Pass ``check_values=False`` on hot paths whose inputs are already known
+    Other inputs (lists, numpy arrays of any dtype, other tensor dtypes) are converted, float class ids included,
+    since ultralytics hands those out. Pass ``check_values=False`` on hot paths whose inputs are already known
     to be valid: the shape checks still run, the value checks (which synchronise with a GPU) do not.
 
     Example:
@@ -61,12 +62,15 @@ class Detections:
         device: torch.device | str | None = None,
         check_values: bool = True,
     ) -> None:
-        boxes = _as_tensor(boxes, torch.float32, device)
+        float_dtype = (
+            torch.float64 if isinstance(boxes, Tensor) and boxes.dtype == torch.float64 else torch.float32
+        )
+        boxes = _as_tensor(boxes, float_dtype, device)
         device = boxes.device
         if boxes.ndim == 1 and boxes.numel() == 0:
             boxes = boxes.reshape(0, 4)
         self.boxes: Tensor = boxes
-        self.scores: Tensor = _as_tensor(scores, torch.float32, device)
+        self.scores: Tensor = _as_tensor(scores, float_dtype, device)
         self.labels: Tensor = _as_tensor(labels, torch.int64, device)
         self.image_size: tuple[int, int] | None = None
         if image_size is not None:

@@ -20,9 +20,6 @@ from policies._inputs import Batch, group_keys
 
 __all__ = ["Clusters", "Layout", "cluster_batch", "cluster_stats", "greedy_clusters", "make_layout"]
 
-# Box-averaging weights get this added so that a cluster whose boxes all have score * weight == 0 fuses to their
-# plain mean instead of 0 / 0 (ensemble-boxes returns NaN there); it moves other boxes by < 1e-9 relative.
-_EPS = 1e-12
 # Empty cluster slots hold an inverted, far-away box: intersection 0 and a huge area, so IoU 0 and never a match.
 _FAR = 1e30
 
@@ -71,39 +68,58 @@ def make_layout(keys: Tensor, sort_by: Tensor) -> Layout:
     return Layout(order, group, offsets, active)
 
 
-def greedy_clusters(boxes: Tensor, sw: Tensor, layout: Layout, iou_thr: float) -> tuple[Tensor, Tensor]:
-    """ensemble-boxes' WBF clustering, for all groups at once.
+def greedy_clusters(
+    boxes: Tensor, sw: Tensor, weight: Tensor, layout: Layout, iou_thr: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """ensemble-boxes' WBF clustering, for all groups at once, with ensemble-boxes' arithmetic.
 
     Each box (in layout order) joins the cluster of its group whose CURRENT fused box (the ``sw``-weighted mean of
     its boxes, recomputed after every join) has the highest IoU with it, if that IoU is strictly above ``iou_thr``
     (first cluster on ties); otherwise it starts a new cluster.
 
+    The fused box is computed as ensemble-boxes' ``get_weighted_box`` computes it: ``Σ sw·box`` accumulated in
+    float32 one box at a time in join order, divided by ``Σ sw`` (float64) and stored as float32; a one-box cluster
+    keeps its box as is. Every IoU, and so every join decision, is then ensemble-boxes' to the bit. (A cluster whose
+    boxes all have ``sw == 0`` gets their plain mean, where ensemble-boxes gives NaN.)
+
     Args:
         boxes: float64 ``[N, 4]`` xyxy, in layout order, positive area (zero-area boxes must be alone in a group).
         sw: float64 ``[N]`` score * weight, in layout order.
+        weight: float64 ``[N]`` each box's member weight, in layout order.
         layout: From :func:`make_layout`.
         iou_thr: Join threshold in ``[0, 1]``.
 
     Returns:
-        ``slot`` int64 ``[N]`` (the cluster slot of each box: ``offsets[group] + cluster index``) and the fused boxes
-        float64 ``[N, 4]`` indexed by slot (rows of unused slots are meaningless).
+        ``slot`` int64 ``[N]`` (the cluster slot of each box: ``offsets[group] + cluster index``), the fused boxes
+        float64 ``[N, 4]`` and the sums ``(count, Σ sw, Σ weight)`` float64 ``[N, 3]`` (added in join order), both
+        indexed by slot (rows of unused slots are meaningless).
     """
     n = boxes.shape[0]
     device = boxes.device
-    # (x1, y1, -x2, -y2): one elementwise max then gives (max x1, max y1, -min x2, -min y2) of a box pair
-    neg = boxes * torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=boxes.dtype, device=device)
-    w_avg = sw + _EPS
-    contrib = torch.cat([neg * w_avg[:, None], w_avg[:, None]], dim=1)  # [N, 5]
+    # (x1, y1, -x2, -y2): one elementwise max then gives (max x1, max y1, -min x2, -min y2) of a box pair; negation
+    # is exact, so the float32 rounding below is the same as on (x1, y1, x2, y2)
+    flip = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=boxes.dtype, device=device)
+    neg = boxes * flip
+    # per slot, added one box at a time: Σ sw·box (kept float32-valued), Σ sw, Σ weight, and only when some sw is
+    # 0, Σ box and the box count (for a plain mean); one gather and one scatter per step
+    plain_mean = bool((sw == 0).any())
+    parts = [neg * sw[:, None], sw[:, None], weight[:, None]]
+    if plain_mean:
+        parts += [neg, torch.ones_like(sw)[:, None]]
+    rows = torch.cat(parts, dim=1)
+    state = torch.zeros_like(rows)
     fused = torch.full((n, 4), _FAR, dtype=boxes.dtype, device=device)  # slots, (x1, y1, -x2, -y2)
-    acc = torch.zeros((n, 5), dtype=boxes.dtype, device=device)
-    slot = torch.empty(n, dtype=torch.int64, device=device)
     offsets = layout.offsets
     n_clusters = torch.zeros_like(offsets)
     cols = torch.arange(len(layout.active), device=device)
-    for r, g in enumerate(layout.active):
+    starts, rank_major = _rank_major(layout)
+    by_rank = torch.empty_like(rank_major)
+    by_rank[rank_major] = torch.arange(n, device=device)
+    neg_by_rank, rows_by_rank = neg[by_rank], rows[by_rank]
+    slot_by_rank = torch.empty(n, dtype=torch.int64, device=device)
+    for r, (g, start) in enumerate(zip(layout.active, starts)):
         off = offsets[:g]
-        pos = off + r  # the r-th box of each active group
-        box = neg[pos]  # [g, 4]
+        box = neg_by_rank[start : start + g]  # [g, 4] the r-th box of each active group
         cand = fused[off[:, None] + cols[: r + 1]]  # [g, r + 1, 4] current clusters (and empty slots)
         m = torch.maximum(cand, box[:, None, :])
         side = (m[..., :2] + m[..., 2:]).clamp_(max=0)  # -(intersection width, height)
@@ -116,13 +132,34 @@ def greedy_clusters(boxes: Tensor, sw: Tensor, layout: Layout, iou_thr: float) -
         count = n_clusters[:g]
         target = torch.where(join, arg, count)
         count += ~join
+        # every active group adds one box to one of its own slots: the slots ``s`` are distinct
         s = off + target
-        slot[pos] = s
-        acc.index_add_(0, s, contrib[pos])
-        a = acc[s]
-        fused[s] = a[:, :4] / a[:, 4:]
-    fused = fused * torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=boxes.dtype, device=device)
-    return slot, fused
+        slot_by_rank[start : start + g] = s
+        total = state[s] + rows_by_rank[start : start + g]
+        total[:, :4] = total[:, :4].float()
+        state[s] = total
+        conf = total[:, 4:5]
+        mean = (total[:, :4] / conf).float().double()
+        if plain_mean:
+            mean = torch.where(conf > 0, mean, total[:, 6:10] / total[:, 10:])
+        fused[s] = torch.where(join[:, None], mean, box)
+    slot = slot_by_rank[rank_major]
+    count = torch.bincount(slot, minlength=n).to(boxes.dtype)
+    return slot, fused * flip, torch.cat([count[:, None], state[:, 4:6]], dim=1)
+
+
+def _rank_major(layout: Layout) -> tuple[list[int], Tensor]:
+    """Rows of a rank-major order, where the r-th boxes of the active groups ``0..g-1`` are the contiguous rows
+    ``starts[r] + (0..g-1)``, so that each greedy step reads its boxes as a slice instead of a gather.
+
+    Returns:
+        ``starts`` (one per rank) and ``rank_major`` int64 ``[N]`` (layout position -> rank-major row).
+    """
+    device = layout.offsets.device
+    active = torch.tensor(layout.active, dtype=torch.int64, device=device)
+    starts = torch.cumsum(active, 0) - active
+    rank = torch.arange(layout.group.shape[0], device=device) - layout.offsets[layout.group]
+    return starts.tolist(), starts[rank] + layout.group
 
 
 @dataclass
@@ -151,17 +188,16 @@ class Clusters:
 
 
 def cluster_stats(
-    slot: Tensor, fused: Tensor, sw: Tensor, weight: Tensor, scores: Tensor, member: Tensor, n_members: int
+    slot: Tensor, fused: Tensor, sums: Tensor, sw: Tensor, scores: Tensor, member: Tensor, n_members: int
 ) -> Clusters:
-    """Reduce boxes (layout order, ``[N]`` each) to their clusters given ``slot`` from :func:`greedy_clusters`."""
+    """Reduce boxes (layout order, ``[N]`` each) to their clusters given ``slot``, ``fused`` and ``sums`` from
+    :func:`greedy_clusters`."""
     n = slot.shape[0]
     device = slot.device
     positions = torch.arange(n, device=device)
     seed = torch.full((n,), n, dtype=torch.int64, device=device).scatter_reduce_(0, slot, positions, "amin")
     used = (seed < n).nonzero().squeeze(1)
     f64 = sw.dtype
-    sums = torch.zeros((n, 3), dtype=f64, device=device)
-    sums.index_add_(0, slot, torch.stack([torch.ones_like(sw), sw, weight], dim=1))
     max_sw = torch.zeros(n, dtype=f64, device=device).scatter_reduce_(0, slot, sw, "amax")
     pair = slot * n_members + member
     present = torch.zeros(n * n_members, dtype=torch.bool, device=device)
@@ -185,7 +221,8 @@ def cluster_batch(
 ) -> tuple[Batch, Tensor, Clusters]:
     """WBF clustering of a whole batch.
 
-    Boxes with a raw score below ``skip_box_thr`` are dropped first (as in ensemble-boxes). Zero-area boxes
+    Boxes with a raw score below ``skip_box_thr`` are dropped first (as in ensemble-boxes). Boxes are clustered
+    divided by their image's ``(width, height)`` where the image size is known, in pixels otherwise. Zero-area boxes
     cannot overlap anything (their IoU with any box is 0), so each forms a cluster of its own (ensemble-boxes drops
     them with a warning instead).
 
@@ -203,6 +240,15 @@ def cluster_batch(
     layout = make_layout(keys, sw)
     batch = batch.select(layout.order)
     sw = sw[layout.order]
-    slot, fused = greedy_clusters(batch.boxes, sw, layout, iou_thr)
-    clusters = cluster_stats(slot, fused, sw, batch.weight, batch.scores, batch.member, batch.n_members)
+    # in image-normalised coordinates, as ensemble-boxes takes them: the same arithmetic gives the same bits
+    scale = _image_scale(batch)
+    slot, fused, sums = greedy_clusters(batch.boxes / scale, sw, batch.weight, layout, iou_thr)
+    clusters = cluster_stats(slot, fused * scale, sums, sw, batch.scores, batch.member, batch.n_members)
     return batch, sw, clusters
+
+
+def _image_scale(batch: Batch) -> Tensor:
+    """float64 ``[N, 4]`` ``(width, height, width, height)`` of each box's image (1 where the size is unknown)."""
+    width_height = [(size[1], size[0]) if size else (1, 1) for size in batch.image_sizes]
+    table = torch.tensor(width_height, dtype=torch.float64).reshape(-1, 2).to(batch.device)
+    return table.repeat(1, 2)[batch.image]

@@ -34,6 +34,7 @@ class Batch:
         n_members: Number of members ``M``.
         image_sizes: ``image_size`` of each image (first one given by a member), or None.
         device: Where the inputs live; all work happens there.
+        out_dtype: dtype of the fused boxes and scores: float64 when any input is float64, else float32.
     """
 
     boxes: Tensor
@@ -48,6 +49,7 @@ class Batch:
     image_sizes: list[tuple[int, int] | None]
     device: torch.device
     per_class: bool = False
+    out_dtype: torch.dtype = torch.float32
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -73,7 +75,16 @@ class Batch:
             self.image_sizes,
             self.device,
             self.per_class,
+            self.out_dtype,
         )
+
+    def total_weights(self, labels: Tensor) -> Tensor:
+        """``Σ_m w_m`` for each of ``labels`` ``[K]``, float64 ``[K]``, summed by numpy as ensemble-boxes sums it
+        (``weights.sum()``), so that scores divided by it agree with ensemble-boxes to the last bit."""
+        table = self.table.cpu().numpy()
+        totals = torch.tensor([table[:, c].sum() for c in range(table.shape[1])], dtype=torch.float64)
+        totals = totals.to(self.device)
+        return totals[labels] if self.per_class else totals[0].expand(labels.shape[0])
 
 
 def _weights_table(
@@ -171,6 +182,7 @@ def flatten(
     per_class = weights is not None and len(weights) > 0 and isinstance(weights[0], list)
     _check_values(boxes, scores, labels, image, member, table if per_class else None)
     weight = table[member, labels] if per_class else table[member, 0]
+    wide = any(det.boxes.dtype == torch.float64 for det in flat)
     return Batch(
         boxes,
         scores,
@@ -184,6 +196,7 @@ def flatten(
         image_sizes,
         device,
         per_class,
+        torch.float64 if wide else torch.float32,
     )
 
 
@@ -243,8 +256,8 @@ def assemble(
         torch.bincount(image, minlength=batch.n_images).tolist() if image.numel() else [0] * batch.n_images
     )
     parts = zip(
-        torch.split(boxes[order].to(torch.float32), counts),
-        torch.split(scores[order].to(torch.float32), counts),
+        torch.split(boxes[order].to(batch.out_dtype), counts),
+        torch.split(scores[order].to(batch.out_dtype), counts),
         torch.split(labels[order], counts),
         torch.split(votes[order].to(torch.int64), counts),
     )

@@ -39,7 +39,10 @@ class WeightedBoxesFusionParams(PolicyParams):
 class WeightedBoxesFusion(FusionPolicy):
     """Weighted boxes fusion: cluster overlapping boxes across members and average them, weighted by confidence.
 
-    Semantics are those of ensemble-boxes 1.0.9 ``weighted_boxes_fusion`` (parity-tested within 1e-5):
+    Semantics are those of ensemble-boxes 1.0.9 ``weighted_boxes_fusion``, and so is the arithmetic: on float64
+    input (saved results are read as float64) the fused boxes and scores equal ensemble-boxes' to the bit, float32
+    rounding of its fused boxes and raw scores included (parity-tested with ``==``); on float32 input (model
+    outputs) they equal them within float32 rounding. Exact for up to 7 members (numpy sums more pairwise):
 
     1. boxes with raw score ``s < skip_box_thr`` are dropped; each box carries ``s * w`` (``w``: its member's weight,
        for its label when weights are per class); within each group (image and label, or image when
@@ -58,9 +61,9 @@ class WeightedBoxesFusion(FusionPolicy):
     ``1.8 / 2 = 0.90``; box_and_model_avg ``3.8 / 5 · 3 / 4 = 0.57``; absent_model_aware_avg
     ``3.8 / (5 + 1) = 0.633``.
 
-    Differences from ensemble-boxes: boxes stay in pixels (IoU and weighted means do not depend on the scale of each
-    axis, so results equal ensemble-boxes' on normalised boxes); zero-area boxes are kept, each as a cluster of its
-    own (ensemble-boxes drops them with a warning); a cluster whose boxes all have ``s·w = 0`` gets their plain mean
+    Differences from ensemble-boxes: boxes are clustered normalised by their ``image_size`` (as ensemble-boxes
+    needs them) but not clipped to the image, and come out in pixels; zero-area boxes are kept, each as a cluster of
+    its own (ensemble-boxes drops them with a warning); a cluster whose boxes all have ``s·w = 0`` gets their plain mean
     box (ensemble-boxes gives NaN); bad input raises ``ValueError`` (ensemble-boxes calls ``exit()``). With per-class
     weights ``W``, ``max(w)`` and the member weights are those of the cluster's label (the label of its first box).
     ``extras["votes"]`` is the number of distinct members in the cluster.
@@ -83,21 +86,35 @@ class WeightedBoxesFusion(FusionPolicy):
 def wbf_scores(
     clusters: Clusters, batch: Batch, labels: Tensor, conf_type: str, allows_overflow: bool
 ) -> Tensor:
-    """Cluster scores float64 ``[K]`` for ``conf_type`` (see :class:`WeightedBoxesFusion`)."""
-    member_w = batch.class_weights(labels)  # [K, M]
-    total_w = member_w.sum(dim=1)
-    if conf_type == "avg":
-        n = clusters.count
-        if allows_overflow:
-            return _div(clusters.sum_sw, total_w)
-        return _div(clusters.sum_sw / n * torch.clamp(n, max=batch.n_members), total_w)
+    """Cluster scores float64 ``[K]`` for ``conf_type`` (see :class:`WeightedBoxesFusion`).
+
+    The operations and their order are ensemble-boxes', including its float32 storage of a multi-box cluster's
+    raw score and weight sum, so that the scores agree to the last bit.
+    """
+    n = clusters.count
+    multi = n > 1
+
+    def stored(x: Tensor) -> Tensor:  # get_weighted_box writes into a float32 array; one-box clusters skip it
+        return torch.where(multi, x.float().double(), x)
+
+    total_w = batch.total_weights(labels)
     if conf_type == "max":
-        return _div(clusters.max_sw, member_w.max(dim=1).values)
-    distinct_w = (member_w * clusters.present).sum(dim=1)
+        return _div(stored(clusters.max_sw), batch.class_weights(labels).max(dim=1).values)
+    raw = stored(clusters.sum_sw / n)
+    if conf_type == "avg":
+        return _div(raw * (n if allows_overflow else n.clamp(max=batch.n_members)), total_w)
+    member_w = batch.class_weights(labels)  # [K, M]
+    # sums over members in member order, one at a time (numpy's order for the few members of an ensemble)
+    present_w, absent_w = torch.zeros_like(raw), torch.zeros_like(raw)
+    for m in range(batch.n_members):
+        w = member_w[:, m]
+        present_w = present_w + torch.where(clusters.present[:, m], w, 0.0)
+        absent_w = absent_w + torch.where(clusters.present[:, m], 0.0, w)
+    sum_w = stored(clusters.sum_w)
     if conf_type == "box_and_model_avg":
-        return _div(clusters.sum_sw, clusters.sum_w) * _div(distinct_w, total_w)
+        return _div(_div(raw * n, sum_w) * present_w, total_w)
     if conf_type == "absent_model_aware_avg":
-        return _div(clusters.sum_sw, clusters.sum_w + total_w - distinct_w)
+        return _div(raw * n, sum_w + absent_w)
     raise ValueError(
         f"unknown conf_type {conf_type!r}; expected avg, max, box_and_model_avg or absent_model_aware_avg"
     )

@@ -25,7 +25,7 @@ from fusion.calibration.sets import CalibratorSet
 from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.scoring.annotations import CocoGroundTruth
-from fusion.scoring.predictions import SCORE_DECIMALS, Predictions
+from fusion.scoring.predictions import SCORE_DECIMALS, Predictions, round_decimals
 
 __all__ = [
     "Calibration",
@@ -105,7 +105,7 @@ def calibrate_predictions(
         predictions.image_ids,
         predictions.category_ids,
         predictions.boxes,
-        np.round(scores, SCORE_DECIMALS),
+        round_decimals(scores, SCORE_DECIMALS),
     )
 
 

@@ -20,12 +20,38 @@ from fusion.detections import Detections
 from fusion.io import atomic_write_bytes
 from fusion.scoring.annotations import CocoGroundTruth, read_json
 
-__all__ = ["BOX_DECIMALS", "SCORE_DECIMALS", "Predictions", "load_predictions", "read_jsonl"]
+__all__ = [
+    "BOX_DECIMALS",
+    "SCORE_DECIMALS",
+    "Predictions",
+    "load_predictions",
+    "read_jsonl",
+    "round_decimals",
+]
 
 # Results are rounded once, when they are made, so that what is evaluated in memory is exactly what a saved file
 # holds: a run resumed from its cache, or `fusion fuse` on saved files, then gives the same numbers.
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 5
+
+
+def round_decimals(values: np.ndarray, decimals: int) -> np.ndarray:
+    """``values`` rounded to ``decimals`` places exactly as Python's ``round(float, decimals)`` rounds each one.
+
+    ``np.round`` scales by ``10**decimals`` first, and that product's own rounding error can tip a value lying
+    within an ulp of a half-way point (e.g. ``2.675`` is really ``2.67499999...``) the other way; a hand-written
+    ``round(x, 3)`` loop, the way most users write results files, would then disagree in the last decimal. Only
+    those near-ties (a few per million values) are redone with ``round``.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    out = np.round(values, decimals)
+    scaled = values * 10.0**decimals
+    near_tie = np.flatnonzero(np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-6)
+    flat = out.reshape(-1)
+    source = values.reshape(-1)
+    for i in near_tie.tolist():
+        flat[i] = round(float(source[i]), decimals)
+    return out
 
 
 @dataclass
@@ -150,8 +176,8 @@ class Predictions:
         labels = torch.cat([d.labels.detach().cpu() for d in detections]).numpy()
         xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
         if decimals:
-            xywh = np.round(xywh, BOX_DECIMALS)
-            scores = np.round(scores, SCORE_DECIMALS)
+            xywh = round_decimals(xywh, BOX_DECIMALS)
+            scores = round_decimals(scores, SCORE_DECIMALS)
         ids = np.asarray(class_map.ids, dtype=np.int64)
         return cls(np.repeat(np.asarray(image_ids, dtype=np.int64), counts), ids[labels], xywh, scores)
 
@@ -226,15 +252,16 @@ class Predictions:
 
     def split_by_image(self, gt: CocoGroundTruth, device: torch.device | str = "cpu") -> list[Detections]:
         """One :class:`Detections` per image of ``gt`` (in ``gt.image_ids`` order; empty where none), labels in
-        ``gt.class_map`` indices, pixel xyxy float32 boxes, ``image_size`` from the annotations."""
+        ``gt.class_map`` indices, pixel xyxy float64 boxes and scores (the file's values, exactly; see
+        :class:`~fusion.detections.Detections`), ``image_size`` from the annotations."""
         self.check_against(gt)
         positions = gt.positions(self.image_ids)
         order = np.argsort(positions, kind="stable")
         counts = np.bincount(positions, minlength=len(gt)).tolist()
         xyxy = np.concatenate([self.boxes[:, :2], self.boxes[:, :2] + self.boxes[:, 2:]], axis=1)[order]
         labels = gt.class_map.labels_from_ids(torch.from_numpy(self.category_ids[order]))
-        boxes_t = torch.from_numpy(xyxy.astype(np.float32)).to(device)
-        scores_t = torch.from_numpy(self.scores[order].astype(np.float32)).to(device)
+        boxes_t = torch.from_numpy(xyxy).to(device)
+        scores_t = torch.from_numpy(self.scores[order]).to(device)
         labels_t = labels.to(device)
         sizes = gt.sizes.tolist()
         return [

@@ -56,6 +56,15 @@ def test_dtypes_are_normalised_and_zero_area_boxes_allowed() -> None:
     assert d.areas.tolist() == [0.0]
 
 
+def test_float64_tensors_stay_float64_through_selection_and_cat() -> None:
+    boxes = torch.tensor([[0.1, 0.2, 10.3, 10.4], [1.0, 1.0, 2.0, 2.0]], dtype=torch.float64)
+    d = Detections(boxes, [0.123456789, 0.5], [0, 1])
+    assert d.boxes.dtype == d.scores.dtype == torch.float64
+    assert d.boxes[0, 0].item() == 0.1 and d.scores[0].item() == 0.123456789  # not rounded through float32
+    for derived in (d[d.scores > 0.2], d.sort_by_score(), Detections.cat([d, d]), d.replace(labels=[2, 3])):
+        assert derived.boxes.dtype == derived.scores.dtype == torch.float64
+
+
 def test_boolean_mask_and_index_selection_keep_extras_and_size() -> None:
     d = make(4, member=torch.tensor([0, 1, 2, 3]))
     kept = d[d.scores > 0.5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from fusion.detections import Detections
 
@@ -16,10 +17,12 @@ def clustered_members(
     size: tuple[int, int] = (120, 160),
     jitter: float = 0.08,
     label_noise: float = 0.1,
+    float64: bool = False,
 ) -> list[Detections]:
     """Members' detections around shared random objects: jittered copies, mostly with the object's label.
 
-    Scores are continuous random numbers (no ties), boxes have positive area and lie inside the image.
+    Scores are continuous random numbers (no ties), boxes have positive area and lie inside the image. With
+    ``float64`` the Detections hold float64 tensors (as saved results are read), else float32.
     """
     height, width = size
     centre = rng.uniform([0.15 * width, 0.15 * height], [0.85 * width, 0.85 * height], size=(n_objects, 2))
@@ -35,6 +38,8 @@ def clustered_members(
         boxes = np.clip(boxes, 0, [width, height, width, height])
         labels = np.where(rng.random(n) < label_noise, rng.integers(0, n_classes, n), obj_label[obj])
         scores = rng.uniform(0.01, 1.0, n)
+        if float64:
+            boxes, scores = torch.from_numpy(boxes), torch.from_numpy(scores)
         members.append(Detections(boxes, scores, labels, image_size=size))
     return members
 

@@ -52,6 +52,32 @@ def test_parity_with_ensemble_boxes(conf_type: str) -> None:
     assert checked > 150  # the cases really produce clusters
 
 
+@pytest.mark.parametrize("conf_type", CONF_TYPES)
+def test_float64_input_gives_ensemble_boxes_bits(conf_type: str) -> None:
+    """On float64 input (saved results) the fused boxes and scores ARE ensemble-boxes': same clusters, same float32
+    rounding of the fused box and raw score, same order of operations -- compared with ``==``, not a tolerance."""
+    checked = 0
+    for seed in range(24):
+        rng = np.random.default_rng(100 + seed)
+        members = clustered_members(rng, n_members=int(rng.integers(2, 6)), n_boxes=(0, 30), float64=True)
+        n = len(members)
+        weights = [None, [float(x) for x in rng.uniform(0.5, 3, n)], [2, 1, 1, 1, 1][:n]][seed % 3]
+        iou_thr = [0.3, 0.55, 0.8][(seed // 3) % 3]
+        overflow = conf_type == "avg" and seed % 4 == 1
+        kwargs = dict(iou_thr=iou_thr, skip_box_thr=[0.0, 0.3][seed % 2], conf_type=conf_type)
+        out = fuse(members, "wbf", weights=weights, allows_overflow=overflow, **kwargs)
+        ref_boxes, ref_scores, ref_labels = reference(
+            members, weights=weights, allows_overflow=overflow, **kwargs
+        )
+        height, width = members[0].image_size
+        assert out.boxes.dtype == torch.float64 and out.scores.dtype == torch.float64
+        np.testing.assert_array_equal(out.boxes.numpy(), ref_boxes * [width, height, width, height])
+        np.testing.assert_array_equal(out.scores.numpy(), ref_scores)
+        np.testing.assert_array_equal(out.labels.numpy(), ref_labels.astype(np.int64))
+        checked += int((out.extras["votes"] > 1).sum())
+    assert checked > 100  # multi-box clusters, whose arithmetic is the point
+
+
 def test_batch_parity_and_votes() -> None:
     rng = np.random.default_rng(7)
     images = [clustered_members(rng, n_members=3, n_boxes=(0, 25)) for _ in range(12)]

@@ -1,0 +1,34 @@
+"""``Predictions``: rounding like a results file written with Python's ``round``, and exact float64 Detections."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from fusion.scoring.annotations import load_annotations
+from fusion.scoring.predictions import Predictions, round_decimals
+from fusion.synthetic import synthetic_annotations, synthetic_predictions
+
+
+def test_round_decimals_equals_python_round_where_np_round_does_not() -> None:
+    rng = np.random.default_rng(0)
+    # values with a few more decimals than kept: many exact and near half-way points
+    values = np.concatenate([rng.uniform(0, 700, 200_000).round(4), rng.uniform(0, 1, 200_000).round(6)])
+    for decimals in (3, 5):
+        want = np.array([round(v, decimals) for v in values.tolist()])
+        assert (np.round(values, decimals) != want).sum() > 10  # the case this function exists for
+        assert round_decimals(values, decimals).tolist() == want.tolist()
+    assert round_decimals(np.array([[2.675, 0.125]]), 2).tolist() == [[2.67, 0.12]]
+
+
+def test_split_by_image_keeps_the_files_values_exactly() -> None:
+    dataset = synthetic_annotations(num_images=5, num_classes=3, seed=2)
+    gt = load_annotations(dataset)
+    preds = synthetic_predictions(dataset, detections_per_image=6, seed=3)
+    per_image = preds.split_by_image(gt)
+    assert all(d.boxes.dtype == torch.float64 and d.scores.dtype == torch.float64 for d in per_image)
+    back = Predictions.from_detections(per_image, gt.image_ids, gt.class_map)
+    order = np.lexsort((-preds.scores, preds.image_ids))
+    back_order = np.lexsort((-back.scores, back.image_ids))
+    assert back.boxes[back_order].tolist() == preds.boxes[order].tolist()
+    assert back.scores[back_order].tolist() == preds.scores[order].tolist()
