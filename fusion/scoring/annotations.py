@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fusion.classes import ClassMap
+from fusion.io import paused_gc
 
 __all__ = ["CocoGroundTruth", "load_annotations", "read_json"]
 
@@ -33,14 +34,13 @@ def read_json(path: str | Path) -> Any:
     try:
         import orjson
 
-        return orjson.loads(data)
+        loads: Any = orjson.loads
     except ImportError:
-        pass
-    except ValueError as exc:  # orjson.JSONDecodeError subclasses ValueError
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+        loads = json.loads
     try:
-        return json.loads(data)
-    except json.JSONDecodeError as exc:
+        with paused_gc():
+            return loads(data)
+    except ValueError as exc:  # orjson's and json's decode errors subclass ValueError
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
 
 

@@ -17,7 +17,7 @@ import torch
 
 from fusion.classes import ClassMap
 from fusion.detections import Detections
-from fusion.io import atomic_write_bytes
+from fusion.io import atomic_write_bytes, paused_gc
 from fusion.scoring.annotations import CocoGroundTruth, read_json
 
 __all__ = [
@@ -349,15 +349,16 @@ def read_jsonl(path: str | Path) -> list[Any]:
     except ImportError:
         loads = json.loads
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(loads(line))
-        except ValueError:
-            if number == len(lines):  # no trailing newline: the writer was interrupted mid-line
-                break
-            raise ValueError(f"{path}:{number}: not valid JSON") from None
+    with paused_gc():
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(loads(line))
+            except ValueError:
+                if number == len(lines):  # no trailing newline: the writer was interrupted mid-line
+                    break
+                raise ValueError(f"{path}:{number}: not valid JSON") from None
     return records
 
 
