@@ -65,23 +65,42 @@ def batched_box_iou(boxes1: Tensor, boxes2: Tensor, crowd_iof: bool = False) -> 
     return torch.where(denom > 0, inter / denom.clamp(min=1e-12), torch.zeros_like(inter))
 
 
-def _pad(
-    items: Sequence[Tensor], length: int, fill: float, shape: tuple[int, ...], dtype: torch.dtype, device: Any
-) -> Tensor:
-    out = torch.full((len(items), length, *shape), fill, dtype=dtype, device=device)
-    for row, item in enumerate(items):  # a copy per image: padding, not per-box work
-        out[row, : item.shape[0]] = item
-    return out
+class _Padded:
+    """The rows of many images' tensors in one ``[images, max rows, ...]`` tensor, by one scatter (no per-image copy).
+
+    Attributes:
+        row / col: int64 ``[N]`` image and position of each concatenated row.
+        width: The longest image's number of rows.
+    """
+
+    def __init__(self, counts: Tensor) -> None:
+        self.counts = counts
+        self.row = torch.repeat_interleave(torch.arange(counts.shape[0], device=counts.device), counts)
+        starts = torch.cumsum(counts, 0) - counts
+        self.col = torch.arange(self.row.shape[0], device=counts.device) - starts[self.row]
+        self.width = int(counts.max()) if counts.numel() else 0
+
+    def __call__(self, values: Tensor, fill: float | bool) -> Tensor:
+        out = torch.full(
+            (self.counts.shape[0], self.width, *values.shape[1:]),
+            fill,
+            dtype=values.dtype,
+            device=values.device,
+        )
+        out[self.row, self.col] = values
+        return out
+
+    def valid(self) -> Tensor:
+        """bool ``[images, width]``: True on real rows."""
+        return torch.arange(self.width, device=self.counts.device) < self.counts[:, None]
 
 
 def _match_chunk(
     dets: Sequence[Detections], gts: Sequence[Detections], iou_thr: float, class_agnostic: bool
 ) -> list[MatchResult]:
     device = dets[0].device
-    orders = [torch.sort(d.scores, descending=True, stable=True).indices for d in dets]
-    n_max = max((len(d) for d in dets), default=0)
-    g_max = max((len(g) for g in gts), default=0)
-    n_img = len(dets)
+    det_pad = _Padded(torch.tensor([len(d) for d in dets], device=device))
+    n_img, n_max = len(dets), det_pad.width
     if n_max == 0:
         return [
             MatchResult(
@@ -89,34 +108,26 @@ def _match_chunk(
             )
             for _ in dets
         ]
-    det_boxes = _pad([d.boxes[o] for d, o in zip(dets, orders)], n_max, 0.0, (4,), torch.float32, device)
-    det_labels = _pad([d.labels[o] for d, o in zip(dets, orders)], n_max, -1, (), torch.int64, device)
-    det_valid = _pad(
-        [torch.ones(len(d), dtype=torch.bool, device=device) for d in dets],
-        n_max,
-        False,
-        (),
-        torch.bool,
-        device,
-    )
+    # each image's detections by score, descending and stable; padding (-inf) sorts last
+    scores = det_pad(torch.cat([d.scores for d in dets]), -torch.inf)
+    order = torch.sort(scores, dim=1, descending=True, stable=True).indices  # [n_img, n_max]
+    det_boxes = det_pad(torch.cat([d.boxes for d in dets]), 0.0).gather(1, order[..., None].expand(-1, -1, 4))
+    det_labels = det_pad(torch.cat([d.labels for d in dets]), -1).gather(1, order)
+    det_valid = det_pad.valid()
     tp = torch.zeros((n_img, n_max), dtype=torch.bool, device=device)
     ignored = torch.zeros_like(tp)
     gt_index = torch.full((n_img, n_max), -1, dtype=torch.int64, device=device)
+    gt_pad = _Padded(torch.tensor([len(g) for g in gts], device=device))
+    g_max = gt_pad.width
     if g_max > 0:
-        gt_boxes = _pad([g.boxes.to(device) for g in gts], g_max, 0.0, (4,), torch.float32, device)
-        gt_labels = _pad([g.labels.to(device) for g in gts], g_max, -2, (), torch.int64, device)
-        gt_valid = _pad(
-            [torch.ones(len(g), dtype=torch.bool, device=device) for g in gts],
-            g_max,
-            False,
-            (),
-            torch.bool,
-            device,
-        )
-        gt_crowd = _pad([_crowd(g).to(device) for g in gts], g_max, False, (), torch.bool, device)
+        gt_boxes = gt_pad(torch.cat([g.boxes for g in gts]).to(device), 0.0)
+        gt_labels = gt_pad(torch.cat([g.labels for g in gts]).to(device), -2)
+        gt_crowd = gt_pad(torch.cat([_crowd(g) for g in gts]).to(device), False)
+        dtype = torch.promote_types(det_boxes.dtype, gt_boxes.dtype)
+        det_boxes, gt_boxes = det_boxes.to(dtype), gt_boxes.to(dtype)
         iou = batched_box_iou(det_boxes, gt_boxes)
         iof = batched_box_iou(det_boxes, gt_boxes, crowd_iof=True)
-        eligible = gt_valid[:, None, :].expand(n_img, n_max, g_max)
+        eligible = gt_pad.valid()[:, None, :].expand(n_img, n_max, g_max)
         if not class_agnostic:
             eligible = eligible & (det_labels[:, :, None] == gt_labels[:, None, :])
         plain = eligible & ~gt_crowd[:, None, :]
@@ -133,16 +144,11 @@ def _match_chunk(
             tp[:, k] = hit
             gt_index[:, k] = torch.where(hit, index, torch.full_like(index, -1))
         ignored = covers_crowd & ~tp & det_valid
-    results = []
-    for row, (det, order) in enumerate(zip(dets, orders)):
-        n = len(det)
-        # Undo the score sort: results are in the caller's order.
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(n, device=device)
-        results.append(
-            MatchResult(tp[row, :n][inverse], ignored[row, :n][inverse], gt_index[row, :n][inverse])
-        )
-    return results
+    # undo the score sort (results are in the caller's order), then one row per detection
+    outcome = torch.stack([tp.long(), ignored.long(), gt_index], dim=2)
+    outcome = torch.empty_like(outcome).scatter_(1, order[..., None].expand(-1, -1, 3), outcome)
+    per_image = torch.split(outcome[det_pad.row, det_pad.col], det_pad.counts.tolist())
+    return [MatchResult(o[:, 0].bool(), o[:, 1].bool(), o[:, 2]) for o in per_image]
 
 
 def _crowd(gt: Detections) -> Tensor:
@@ -239,8 +245,8 @@ def ground_truth_from_coco(
         lo, hi = np.searchsorted(ids_sorted, image_id, "left"), np.searchsorted(ids_sorted, image_id, "right")
         rows = order[lo:hi]
         out[image_id] = Detections(
-            xyxy[rows],
-            np.ones(len(rows), dtype=np.float32),
+            torch.from_numpy(xyxy[rows]),  # float64: the file's values, as COCO's own matching uses them
+            np.ones(len(rows)),
             labels[rows],
             size,
             {"iscrowd": torch.from_numpy(crowd[rows])},
