@@ -117,10 +117,22 @@ def greedy_clusters(
     by_rank[rank_major] = torch.arange(n, device=device)
     neg_by_rank, rows_by_rank = neg[by_rank], rows[by_rank]
     slot_by_rank = torch.empty(n, dtype=torch.int64, device=device)
+    # rank 0: nothing to join yet, every group's first box opens the group's first cluster
+    n_groups = offsets.shape[0]
+    first = rows_by_rank[:n_groups].clone()
+    first[:, :4] = first[:, :4].float()
+    state[offsets] = first
+    fused[offsets] = neg_by_rank[:n_groups]
+    slot_by_rank[:n_groups] = offsets
+    n_clusters += 1
     for r, (g, start) in enumerate(zip(layout.active, starts)):
+        if r == 0:
+            continue
         off = offsets[:g]
         box = neg_by_rank[start : start + g]  # [g, 4] the r-th box of each active group
-        cand = fused[off[:, None] + cols[: r + 1]]  # [g, r + 1, 4] current clusters (and empty slots)
+        # candidates: the clusters so far (up to the most any active group has; the rest of a row are empty slots)
+        width = int(n_clusters[:g].max())
+        cand = fused[off[:, None] + cols[:width]]  # [g, width, 4]
         m = torch.maximum(cand, box[:, None, :])
         side = (m[..., :2] + m[..., 2:]).clamp_(max=0)  # -(intersection width, height)
         inter = side[..., 0] * side[..., 1]
