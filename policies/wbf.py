@@ -42,7 +42,9 @@ class WeightedBoxesFusion(FusionPolicy):
     Semantics are those of ensemble-boxes 1.0.9 ``weighted_boxes_fusion``, and so is the arithmetic: on float64
     input (saved results are read as float64) the fused boxes and scores equal ensemble-boxes' to the bit, float32
     rounding of its fused boxes and raw scores included (parity-tested with ``==``); on float32 input (model
-    outputs) they equal them within float32 rounding. Exact for up to 7 members (numpy sums more pairwise):
+    outputs) they equal them within float32 rounding. The exceptions: more than 7 members (numpy then sums the
+    weights pairwise), and equal ``s * w`` inside a group of more than 16 boxes, whose visiting order ensemble-boxes
+    leaves to numpy's unstable sort (ours puts the later box first, as numpy does for small groups):
 
     1. boxes with raw score ``s < skip_box_thr`` are dropped; each box carries ``s * w`` (``w``: its member's weight,
        for its label when weights are per class); within each group (image and label, or image when
