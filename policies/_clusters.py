@@ -125,11 +125,9 @@ def greedy_clusters(
     fused[offsets] = neg_by_rank[:n_groups]
     slot_by_rank[:n_groups] = offsets
     n_clusters += 1
-    for r, (g, start) in enumerate(zip(layout.active, starts)):
-        if r == 0:
-            continue
+    for g, start in zip(layout.active[1:], starts[1:]):
         off = offsets[:g]
-        box = neg_by_rank[start : start + g]  # [g, 4] the r-th box of each active group
+        box = neg_by_rank[start : start + g]  # [g, 4] the next box of each active group
         # candidates: the clusters so far (up to the most any active group has; the rest of a row are empty slots)
         width = int(n_clusters[:g].max())
         cand = fused[off[:, None] + cols[:width]]  # [g, width, 4]
