@@ -25,7 +25,8 @@ from fusion.calibration.sets import CalibratorSet
 from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.scoring.annotations import CocoGroundTruth
-from fusion.scoring.predictions import SCORE_DECIMALS, Predictions, round_decimals
+from fusion.scoring.predictions import SCORE_DECIMALS, Predictions
+from fusion.scoring.rounding import round_decimals
 
 __all__ = [
     "Calibration",

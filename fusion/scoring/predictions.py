@@ -19,39 +19,14 @@ from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.io import atomic_write_bytes, paused_gc
 from fusion.scoring.annotations import CocoGroundTruth, read_json
+from fusion.scoring.rounding import round_decimals
 
-__all__ = [
-    "BOX_DECIMALS",
-    "SCORE_DECIMALS",
-    "Predictions",
-    "load_predictions",
-    "read_jsonl",
-    "round_decimals",
-]
+__all__ = ["BOX_DECIMALS", "SCORE_DECIMALS", "Predictions", "load_predictions", "read_jsonl"]
 
 # Results are rounded once, when they are made, so that what is evaluated in memory is exactly what a saved file
 # holds: a run resumed from its cache, or `fusion fuse` on saved files, then gives the same numbers.
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 5
-
-
-def round_decimals(values: np.ndarray, decimals: int) -> np.ndarray:
-    """``values`` rounded to ``decimals`` places exactly as Python's ``round(float, decimals)`` rounds each one.
-
-    ``np.round`` scales by ``10**decimals`` first, and that product's own rounding error can tip a value lying
-    within an ulp of a half-way point (e.g. ``2.675`` is really ``2.67499999...``) the other way; a hand-written
-    ``round(x, 3)`` loop, the way most users write results files, would then disagree in the last decimal. Only
-    those near-ties (a few per million values) are redone with ``round``.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    out = np.round(values, decimals)
-    scaled = values * 10.0**decimals
-    near_tie = np.flatnonzero(np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-6)
-    flat = out.reshape(-1)
-    source = values.reshape(-1)
-    for i in near_tie.tolist():
-        flat[i] = round(float(source[i]), decimals)
-    return out
 
 
 @dataclass

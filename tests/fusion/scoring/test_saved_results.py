@@ -6,19 +6,35 @@ import numpy as np
 import torch
 
 from fusion.scoring.annotations import load_annotations
-from fusion.scoring.predictions import Predictions, round_decimals
+from fusion.scoring.predictions import Predictions
+from fusion.scoring.rounding import round_decimals
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 
 def test_round_decimals_equals_python_round_where_np_round_does_not() -> None:
     rng = np.random.default_rng(0)
-    # values with a few more decimals than kept: many exact and near half-way points
-    values = np.concatenate([rng.uniform(0, 700, 200_000).round(4), rng.uniform(0, 1, 200_000).round(6)])
-    for decimals in (3, 5):
+    five = rng.integers(0, 100_000, 100_000) / 1e5
+    values = np.concatenate(
+        [
+            rng.uniform(0, 700, 200_000).round(
+                4
+            ),  # boxes with a decimal more than kept: many half-way points
+            rng.uniform(0, 1, 200_000).round(6),
+            five / 2,  # a 5-decimal score times weight 2 / total weight 4: half of them exactly half-way
+            -rng.uniform(0, 50, 50_000).round(4),
+            rng.uniform(0, 1e5, 50_000),
+        ]
+    )
+    for decimals in (0, 3, 5):
         want = np.array([round(v, decimals) for v in values.tolist()])
-        assert (np.round(values, decimals) != want).sum() > 10  # the case this function exists for
-        assert round_decimals(values, decimals).tolist() == want.tolist()
-    assert round_decimals(np.array([[2.675, 0.125]]), 2).tolist() == [[2.67, 0.12]]
+        if decimals:  # np.round scales first: the case this function exists for
+            assert (np.round(values, decimals) != want).sum() > 10
+        got = round_decimals(values, decimals)
+        assert got.tolist() == want.tolist()
+        assert np.array_equal(np.signbit(got), np.signbit(want))
+    assert round_decimals(np.array([[2.675, 0.125, -0.125, 0.375]]), 2).tolist() == [
+        [2.67, 0.12, -0.12, 0.38]
+    ]
 
 
 def test_split_by_image_keeps_the_files_values_exactly() -> None:
