@@ -125,11 +125,13 @@ def greedy_clusters(
     fused[offsets] = neg_by_rank[:n_groups]
     slot_by_rank[:n_groups] = offsets
     n_clusters += 1
-    for g, start in zip(layout.active[1:], starts[1:]):
+    on_cpu = device.type == "cpu"
+    for r, (g, start) in enumerate(zip(layout.active[1:], starts[1:]), start=1):
         off = offsets[:g]
-        box = neg_by_rank[start : start + g]  # [g, 4] the next box of each active group
-        # candidates: the clusters so far (up to the most any active group has; the rest of a row are empty slots)
-        width = int(n_clusters[:g].max())
+        box = neg_by_rank[start : start + g]  # [g, 4] the r-th box of each active group
+        # candidates: the clusters so far, up to the most any active group has (on a GPU, where reading that number
+        # would wait for the device every step, up to r); the rest of a row are empty slots
+        width = int(n_clusters[:g].max()) if on_cpu else r
         cand = fused[off[:, None] + cols[:width]]  # [g, width, 4]
         m = torch.maximum(cand, box[:, None, :])
         side = (m[..., :2] + m[..., 2:]).clamp_(max=0)  # -(intersection width, height)
