@@ -72,8 +72,9 @@ class MatchedPairs:
     """Every (non-ignored) detection of a dataset with its outcome, as flat columns.
 
     Attributes:
-        scores: float32 ``[N]``. is_tp: bool ``[N]``. labels: int64 ``[N]``.
-        boxes: float32 ``[N, 4]`` ``(cx, cy, w, h)`` normalised by the image size (NaN when the size is unknown).
+        scores: ``[N]``, the detections' dtype (float32, or float64 for saved results). is_tp: bool ``[N]``.
+        labels: int64 ``[N]``.
+        boxes: ``[N, 4]`` ``(cx, cy, w, h)`` normalised by the image size (NaN when the size is unknown).
     """
 
     scores: Tensor
