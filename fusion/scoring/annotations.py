@@ -7,13 +7,13 @@ refuses such files with a ``ValueError`` that names the offending index and id.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
 from fusion.classes import ClassMap
 from fusion.io import paused_gc
@@ -26,21 +26,15 @@ _REQUIRED_ANN = ("id", "image_id", "category_id", "bbox")
 
 
 def read_json(path: str | Path) -> Any:
-    """Parse a JSON file (with orjson when installed: 5-10x faster on large results files)."""
+    """Parse a JSON file with orjson (5-10x faster than ``json`` on large results files)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     data = path.read_bytes()
     try:
-        import orjson
-
-        loads: Any = orjson.loads
-    except ImportError:
-        loads = json.loads
-    try:
         with paused_gc():
-            return loads(data)
-    except ValueError as exc:  # orjson's and json's decode errors subclass ValueError
+            return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from fusion.io import atomic_write_json
-from fusion.scoring.predictions import Predictions, _dumps, read_jsonl
+from fusion.scoring.predictions import Predictions, read_jsonl
 
 __all__ = ["MemberCache"]
 
@@ -77,9 +77,8 @@ class MemberCache:
     def append(self, predictions: Mapping[str, Predictions], done: int) -> None:
         """Append one batch of every member, then checkpoint ``done`` images."""
         for name in self.member_names:
-            records = predictions[name].records()
             with open(self.path(name), "ab") as handle:
-                handle.write(b"".join(_dumps(r) + b"\n" for r in records))
+                handle.write(predictions[name].json_lines())
                 handle.flush()
                 os.fsync(handle.fileno())
                 self.offsets[name] = handle.tell()

@@ -6,13 +6,13 @@ and one ``torch.split``, never a Python loop over records.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 
 from fusion.classes import ClassMap
@@ -254,13 +254,12 @@ class Predictions:
     def save(self, path: str | Path) -> Path:
         """Write a COCO results JSON list (``.json``) or one record per line (``.jsonl``), atomically."""
         path = Path(path)
-        rows = self._json_rows()
-        data = (
-            b"".join(row + b"\n" for row in rows)
-            if path.suffix == ".jsonl"
-            else b"[" + b",".join(rows) + b"]"
-        )
+        data = self.json_lines() if path.suffix == ".jsonl" else b"[" + b",".join(self._json_rows()) + b"]"
         return atomic_write_bytes(path, data)
+
+    def json_lines(self) -> bytes:
+        """The records as JSON lines (one compact object and a newline each), as a ``.jsonl`` file holds them."""
+        return b"".join(row + b"\n" for row in self._json_rows())
 
     def _json_rows(self) -> list[bytes]:
         """One compact JSON object per detection, as :meth:`records` would serialise.
@@ -268,10 +267,6 @@ class Predictions:
         orjson writes each column in C (shortest round-trip floats); only the final interleaving is per row, which
         makes saving a COCO-scale fused set (over a million rows) several times faster than dumping dicts.
         """
-        try:
-            import orjson
-        except ImportError:
-            return [_dumps(r) for r in self.records()]
         if not len(self):
             return []
 
@@ -293,15 +288,6 @@ class Predictions:
         ]
 
 
-def _dumps(value: Any) -> bytes:
-    try:
-        import orjson
-
-        return orjson.dumps(value)
-    except ImportError:
-        return json.dumps(value, separators=(",", ":")).encode()
-
-
 def _int_column(values: list[Any], key: str, source: str) -> np.ndarray:
     array = np.asarray(values)
     if array.dtype.kind not in "iu":
@@ -318,19 +304,13 @@ def read_jsonl(path: str | Path) -> list[Any]:
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     lines = path.read_bytes().split(b"\n")
-    try:
-        import orjson
-
-        loads: Any = orjson.loads
-    except ImportError:
-        loads = json.loads
     records = []
     with paused_gc():
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
             try:
-                records.append(loads(line))
+                records.append(orjson.loads(line))
             except ValueError:
                 if number == len(lines):  # no trailing newline: the writer was interrupted mid-line
                     break
