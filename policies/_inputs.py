@@ -81,9 +81,7 @@ class Batch:
     def total_weights(self, labels: Tensor) -> Tensor:
         """``Σ_m w_m`` for each of ``labels`` ``[K]``, float64 ``[K]``, summed by numpy as ensemble-boxes sums it
         (``weights.sum()``), so that scores divided by it agree with ensemble-boxes to the last bit."""
-        table = self.table.cpu().numpy()
-        totals = torch.tensor([table[:, c].sum() for c in range(table.shape[1])], dtype=torch.float64)
-        totals = totals.to(self.device)
+        totals = torch.from_numpy(self.table.cpu().numpy().sum(axis=0)).to(self.device)
         return totals[labels] if self.per_class else totals[0].expand(labels.shape[0])
 
 

@@ -99,13 +99,13 @@ def wbf_scores(
     def stored(x: Tensor) -> Tensor:  # get_weighted_box writes into a float32 array; one-box clusters skip it
         return torch.where(multi, x.float().double(), x)
 
-    total_w = batch.total_weights(labels)
+    member_w = batch.class_weights(labels)  # [K, M]
     if conf_type == "max":
-        return _div(stored(clusters.max_sw), batch.class_weights(labels).max(dim=1).values)
+        return _div(stored(clusters.max_sw), member_w.max(dim=1).values)
+    total_w = batch.total_weights(labels)
     raw = stored(clusters.sum_sw / n)
     if conf_type == "avg":
         return _div(raw * (n if allows_overflow else n.clamp(max=batch.n_members)), total_w)
-    member_w = batch.class_weights(labels)  # [K, M]
     # sums over members in member order, one at a time (numpy's order for the few members of an ensemble)
     present_w, absent_w = torch.zeros_like(raw), torch.zeros_like(raw)
     for m in range(batch.n_members):

@@ -130,7 +130,7 @@ def ensemble_boxes_script(dataset: dict, paths: list, **kwargs) -> list[tuple]:
     [
         ([], {}),
         (
-            ["--policy", "wbf", "iou_thr=0.4", "conf_type=box_and_model_avg"],
+            ["--policy", "wbf", "iou_thr=0.4", "conf_type=box_and_model_avg", "weights=[3,1,2]"],
             {"iou_thr": 0.4, "conf_type": "box_and_model_avg", "weights": [3, 1, 2]},
         ),
     ],
@@ -140,8 +140,6 @@ def test_fuse_cli_writes_exactly_what_an_ensemble_boxes_script_writes(
 ) -> None:
     folder, dataset, paths = saved
     monkeypatch.chdir(folder)
-    if "weights" in params:
-        policy_args = [*policy_args, "weights=[3,1,2]"]
     name = f"script{len(policy_args)}"
     assert (
         main(
