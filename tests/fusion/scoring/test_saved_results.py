@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from fusion.scoring.annotations import load_annotations
@@ -35,6 +36,11 @@ def test_round_decimals_equals_python_round_where_np_round_does_not() -> None:
     assert round_decimals(np.array([[2.675, 0.125, -0.125, 0.375]]), 2).tolist() == [
         [2.67, 0.12, -0.12, 0.38]
     ]
+
+
+def test_round_decimals_refuses_places_it_cannot_round_exactly() -> None:
+    with pytest.raises(ValueError, match=r"decimals must be in 0\.\.7, got 8"):
+        round_decimals(np.array([0.5]), 8)
 
 
 def test_split_by_image_keeps_the_files_values_exactly() -> None:
