@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fusion.classes import ClassMap
 from fusion.detections import Detections
+from fusion.training.trainable import NotTrainableError, Trainable
 
 __all__ = ["Detector", "ImageBatch", "MemberConfig"]
 
@@ -97,6 +98,15 @@ class Detector(ABC):
     @property
     def name(self) -> str:
         return self.config.name
+
+    @classmethod
+    def trainable(cls, config: MemberConfig, class_map: ClassMap, device: torch.device) -> Trainable:
+        """A :class:`~fusion.training.Trainable` of this member's model, for ``fusion train`` and ``distill``.
+
+        Raises:
+            NotTrainableError: the detector type has no training support (the default).
+        """
+        raise NotTrainableError(f"detector type {config.type!r} cannot be trained by fusion train")
 
     @abstractmethod
     def predict(self, batch: ImageBatch) -> list[Detections]:

@@ -1,0 +1,116 @@
+"""The contract between ``fusion train`` / ``fusion distill`` and a detector plugin that can be trained.
+
+A plugin returns a :class:`Trainable` from ``Detector.trainable(config, class_map, device)``. Two kinds exist:
+
+* in-loop (``owns_loop = False``): the core's trainer drives the optimisation and asks the plugin only for
+  named losses of a batch (``loss``) and for detections in eval mode (``predict``, used for validation);
+  torchvision detectors use their own train-mode losses, our DETR its set criterion.
+* own-loop (``owns_loop = True``): the plugin delegates to its library's trainer (ultralytics) through
+  :meth:`Trainable.fit`, given the data and output folder in an :class:`ExternalTrainJob`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, TypedDict
+
+from torch import Tensor, nn
+
+from fusion.detections import Detections
+
+__all__ = ["ExternalTrainJob", "NotTrainableError", "TrainTarget", "Trainable"]
+
+
+class NotTrainableError(TypeError):
+    """The detector type has no training support."""
+
+
+class TrainTarget(TypedDict, total=False):
+    """Supervision of one image, in the image's own pixel frame after augmentation.
+
+    Keys:
+        boxes: float32 ``[N, 4]`` xyxy pixel boxes.
+        labels: int64 ``[N]`` contiguous class indices of the job's :class:`~fusion.classes.ClassMap`.
+        scores: optional float32 ``[N]`` per-box weights in ``[0, 1]`` (1 for ground truth; a teacher's fused
+            score for pseudo-labels), used by score-weighted losses.
+    """
+
+    boxes: Tensor
+    labels: Tensor
+    scores: Tensor
+
+
+@dataclass
+class ExternalTrainJob:
+    """Everything an own-loop plugin needs to train on a COCO-format dataset.
+
+    Attributes:
+        train_annotations: COCO annotations of the training split.
+        train_images: Folder of the training images (``file_name`` is relative to it).
+        val_annotations: COCO annotations of the validation split.
+        val_images: Folder of the validation images.
+        out_dir: The run folder (``runs/train/<name>``); the plugin writes its files under it.
+        class_names: The job's vocabulary, in label order.
+        epochs: Training epochs.
+        batch_size: Images per step (global).
+        image_size: Training image size (longest side, pixels).
+        seed: Seed of every random generator.
+        device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        resume: Continue the run found in ``out_dir``.
+        options: Plugin-specific settings passed through from the config (e.g. ultralytics' ``lr0``).
+    """
+
+    train_annotations: Path
+    train_images: Path
+    val_annotations: Path
+    val_images: Path
+    out_dir: Path
+    class_names: list[str]
+    epochs: int
+    batch_size: int
+    image_size: int
+    seed: int = 0
+    device: str = "cpu"
+    resume: bool = False
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Trainable(ABC):
+    """A detector being trained.
+
+    Attributes:
+        model: The ``nn.Module`` whose parameters the core's optimiser updates (in-loop plugins).
+        owns_loop: True when the plugin trains with its library's own loop through :meth:`fit`.
+    """
+
+    owns_loop: ClassVar[bool] = False
+    model: nn.Module
+
+    def loss(self, images: list[Tensor], targets: list[TrainTarget]) -> dict[str, Tensor]:
+        """Named scalar losses of one batch in train mode; the trainer minimises their sum.
+
+        Args:
+            images: One float32 ``[3, H, W]`` RGB tensor in ``[0, 1]`` per image, on the model's device; sizes
+                may differ (the plugin pads as its model needs).
+            targets: One :class:`TrainTarget` per image, on the same device.
+        """
+        raise NotImplementedError(f"{type(self).__name__} trains with its own loop (fit), not with loss()")
+
+    def predict(self, images: list[Tensor]) -> list[Detections]:
+        """Detections of every image in eval mode (pixel xyxy, contiguous labels), for validation."""
+        raise NotImplementedError(f"{type(self).__name__} does not predict in the core's loop")
+
+    @abstractmethod
+    def export(self, out_dir: Path, stem: str) -> dict[str, Any]:
+        """Write the trained weights under ``out_dir`` (``<stem>.safetensors`` and what the plugin needs).
+
+        Returns:
+            The member-config fields (``type``, ``model``, ``weights``, ...) that load them back as an
+            ensemble member, paths relative to ``out_dir``.
+        """
+
+    def fit(self, job: ExternalTrainJob) -> dict[str, Any]:
+        """Train with the plugin's own loop; returns metrics and the member-config fields of the best weights."""
+        raise NotImplementedError(f"{type(self).__name__} trains in the core's loop, not with fit()")
