@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from detr_reference import ReferenceDETR
 
-from detectors.detr import build_detr, build_student
+from detectors.detr import build_detr
+from detectors.detr.training import build_student
 
 
 def _params(model: torch.nn.Module) -> int:

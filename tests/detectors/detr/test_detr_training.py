@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou
 
-from detectors.detr import HungarianMatcher, SetCriterion, build_detr, nested_batch, train_step
+from detectors.detr import build_detr, nested_batch
 from detectors.detr.postprocess import box_cxcywh_to_xyxy
+from detectors.detr.training import HungarianMatcher, SetCriterion, train_step
 
 
 def _random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:

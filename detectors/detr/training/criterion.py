@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import generalized_box_iou
+from torchvision.ops import box_convert, generalized_box_iou
 
+from .logit_mixing import logit_mixing_loss
 from .matcher import HungarianMatcher, Target
-from .postprocess import box_cxcywh_to_xyxy
 
 __all__ = ["SetCriterion", "train_step"]
 
@@ -23,7 +23,7 @@ class SetCriterion(nn.Module):
     weight is ``eos_coef``; ``loss_bbox``: L1 of matched normalised cxcywh boxes; ``loss_giou``: 1 − GIoU of matched
     boxes; box losses are summed and divided by the number of ground-truth boxes in the batch (at least 1).
     With ``aux_outputs`` the same losses are added for every earlier decoder layer (keys suffixed ``_<i>``).
-    ``loss_mix`` (Cal-DETR logit mixing, :func:`detectors.detr.calibration.logit_mixing_loss`) when
+    ``loss_mix`` (Cal-DETR logit mixing, :func:`detectors.detr.training.logit_mixing.logit_mixing_loss`) when
     ``mixing_weight > 0``.
 
     Args:
@@ -70,11 +70,13 @@ class SetCriterion(nn.Module):
         src_boxes = boxes[batch_idx, src_idx].float()
         tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, (_, j) in zip(targets, indices)]).float()
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes)))
+        giou = torch.diag(
+            generalized_box_iou(
+                box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+            )
+        )
         losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
         if self.mixing_weight > 0:
-            from .calibration import logit_mixing_loss
-
             losses["loss_mix"] = logit_mixing_loss(
                 logits[batch_idx, src_idx], matched_labels, self.mixing_lambda
             )
