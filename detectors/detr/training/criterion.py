@@ -17,14 +17,21 @@ __all__ = ["SetCriterion", "train_step"]
 
 
 class SetCriterion(nn.Module):
-    """Losses of DETR after Hungarian matching.
+    """Losses of DETR after Hungarian matching, optionally weighted per target box.
 
     ``loss_ce``: cross-entropy over all queries, unmatched ones target no-object (class ``num_classes``) whose
-    weight is ``eos_coef``; ``loss_bbox``: L1 of matched normalised cxcywh boxes; ``loss_giou``: 1 − GIoU of matched
-    boxes; box losses are summed and divided by the number of ground-truth boxes in the batch (at least 1).
+    weight is ``eos_coef``; a weighted mean over queries. ``loss_bbox``: L1 of matched normalised cxcywh boxes;
+    ``loss_giou``: 1 − GIoU of matched boxes; box losses are summed and divided by the number of target boxes,
+    averaged over ranks when ``torch.distributed`` is initialised (as the official code) and at least 1.
     With ``aux_outputs`` the same losses are added for every earlier decoder layer (keys suffixed ``_<i>``).
     ``loss_mix`` (Cal-DETR logit mixing, :func:`detectors.detr.training.logit_mixing.logit_mixing_loss`) when
     ``mixing_weight > 0``.
+
+    Per-box weights (pseudo-labels): a target may carry ``"scores"`` ``[n]`` (e.g. a teacher's fused scores).
+    The query matched to box ``j`` then weighs ``scores[j]`` in the CE (times its class weight), its L1 and GIoU
+    terms are multiplied by ``scores[j]``, and the box count becomes the sum of the scores; a box of weight 0
+    adds nothing to any loss (it still takes its query in the matching), and it is left out of logit mixing.
+    Without ``"scores"`` every box weighs 1, which is the official loss.
 
     Args:
         num_classes: Classes without no-object.
@@ -56,55 +63,105 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     def _layer_losses(
-        self, outputs: Mapping[str, Tensor], targets: Sequence[Target], num_boxes: float
+        self, outputs: Mapping[str, Tensor], targets: Sequence[Target], num_boxes: Tensor
     ) -> dict[str, Tensor]:
         indices = self.matcher(outputs, targets)
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         device = logits.device
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
         src_idx = torch.cat([src for src, _ in indices]).to(device)
+        pairs = list(zip(targets, (j.to(device) for _, j in indices)))
+        matched_labels = torch.cat([t["labels"].to(device)[j] for t, j in pairs]).long()
+        matched_weight = torch.cat([_box_weights(t, device)[j] for t, j in pairs])
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.int64, device=device)
-        matched_labels = torch.cat([t["labels"].to(device)[j] for t, (_, j) in zip(targets, indices)]).long()
         target_classes[batch_idx, src_idx] = matched_labels
-        loss_ce = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, self.empty_weight)
+        query_weight = torch.ones(logits.shape[:2], dtype=torch.float32, device=device)
+        query_weight[batch_idx, src_idx] = matched_weight
+        # Weighted mean over queries; equals F.cross_entropy(..., weight=empty_weight) when all boxes weigh 1.
+        nll = F.cross_entropy(logits.transpose(1, 2).float(), target_classes, reduction="none")
+        ce_weight = self.empty_weight[target_classes] * query_weight
+        loss_ce = (ce_weight * nll).sum() / ce_weight.sum().clamp_min(torch.finfo(torch.float32).tiny)
         src_boxes = boxes[batch_idx, src_idx].float()
-        tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, (_, j) in zip(targets, indices)]).float()
-        loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
+        tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, j in pairs]).float()
+        l1 = F.l1_loss(src_boxes, tgt_boxes, reduction="none").sum(-1)
         giou = torch.diag(
             generalized_box_iou(
                 box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
             )
         )
-        losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
+        losses = {
+            "loss_ce": loss_ce,
+            "loss_bbox": (matched_weight * l1).sum() / num_boxes,
+            "loss_giou": (matched_weight * (1 - giou)).sum() / num_boxes,
+        }
         if self.mixing_weight > 0:
+            positive = matched_weight > 0
             losses["loss_mix"] = logit_mixing_loss(
-                logits[batch_idx, src_idx], matched_labels, self.mixing_lambda
+                logits[batch_idx, src_idx][positive], matched_labels[positive], self.mixing_lambda
             )
         return losses
 
     def forward(self, outputs: Mapping[str, Any], targets: Sequence[Target]) -> dict[str, Tensor]:
-        """All losses (unweighted) plus ``"loss"``: their weighted sum, the value to back-propagate."""
-        for i, target in enumerate(targets):
-            if (
-                not {"labels", "boxes"} <= set(target)
-                or target["boxes"].ndim != 2
-                or target["boxes"].shape[-1] != 4
-            ):
-                raise ValueError(f"targets[{i}] needs 'labels' [n] and 'boxes' [n, 4] (normalised cxcywh)")
-            if len(target["labels"]) and int(target["labels"].max()) >= self.num_classes:
-                raise ValueError(
-                    f"targets[{i}] has label {int(target['labels'].max())} >= {self.num_classes}"
-                )
-        num_boxes = max(float(sum(len(t["labels"]) for t in targets)), 1.0)
+        """All losses (unweighted) plus ``"loss"``: their weighted sum, the value to back-propagate.
+
+        Args:
+            outputs: The model's output (``pred_logits``, ``pred_boxes``, optional ``aux_outputs``).
+            targets: Per image ``{"labels" [n], "boxes" [n, 4] normalised cxcywh, optional "scores" [n]}``.
+        """
+        _check_targets(targets, self.num_classes)
+        num_boxes = _num_boxes(targets, outputs["pred_logits"].device)
         losses = self._layer_losses(outputs, targets, num_boxes)
         for i, aux in enumerate(outputs.get("aux_outputs", [])):
             layer = self._layer_losses(aux, targets, num_boxes)
             losses.update({f"{k}_{i}": v for k, v in layer.items() if k != "loss_mix"})
-        weights = {**self.weights, "loss_mix": self.mixing_weight}
-        losses["loss"] = sum(
-            v * weights[k.rsplit("_", 1)[0] if k[-1].isdigit() else k] for k, v in losses.items()
-        )
+        losses["loss"] = sum(self.weighted(losses).values())
         return losses
+
+    def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each named loss times its weight (aux copies ``<name>_<i>`` weigh as ``<name>``); ``"loss"`` left out."""
+        weights = {**self.weights, "loss_mix": self.mixing_weight}
+        return {
+            k: v * weights[k.rsplit("_", 1)[0] if k[-1].isdigit() else k]
+            for k, v in losses.items()
+            if k != "loss"
+        }
+
+
+def _box_weights(target: Target, device: torch.device) -> Tensor:
+    """The target's per-box weights ``[n]`` float32 (its ``scores``, or ones)."""
+    scores = target.get("scores")
+    if scores is None:
+        return torch.ones(len(target["labels"]), dtype=torch.float32, device=device)
+    return scores.to(device=device, dtype=torch.float32)
+
+
+def _check_targets(targets: Sequence[Target], num_classes: int) -> None:
+    for i, target in enumerate(targets):
+        if (
+            not {"labels", "boxes"} <= set(target)
+            or target["boxes"].ndim != 2
+            or target["boxes"].shape[-1] != 4
+        ):
+            raise ValueError(f"targets[{i}] needs 'labels' [n] and 'boxes' [n, 4] (normalised cxcywh)")
+        n = len(target["labels"])
+        if n and int(target["labels"].max()) >= num_classes:
+            raise ValueError(f"targets[{i}] has label {int(target['labels'].max())} >= {num_classes}")
+        scores = target.get("scores")
+        if scores is not None and (scores.shape != (n,) or (n and float(scores.min()) < 0)):
+            raise ValueError(
+                f"targets[{i}]['scores'] must be [n] = [{n}] non-negative box weights, got {list(scores.shape)}"
+            )
+
+
+def _num_boxes(targets: Sequence[Target], device: torch.device) -> Tensor:
+    """Total box weight of the batch; with torch.distributed, the mean over ranks (official); at least 1."""
+    total = torch.zeros((), dtype=torch.float32, device=device)
+    for target in targets:
+        total = total + _box_weights(target, device).sum()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+        total = total / torch.distributed.get_world_size()
+    return total.clamp(min=1.0)
 
 
 def train_step(
