@@ -81,6 +81,7 @@ def test_criterion_hand_computed() -> None:
         )
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_one_image() -> None:
     torch.manual_seed(0)
     model = build_detr("detr_tiny", num_classes=3, dropout=0.0, num_queries=8)
