@@ -48,8 +48,8 @@ class DetrMemberConfig(MemberConfig):
             ignored for safetensors, whose YAML gives the architecture.
         arch: :class:`~detectors.detr.model.DetrConfig` overrides of ``model`` for a ``.pth`` or a fresh model
             (e.g. ``{num_queries: 20, dropout: 0.0}``).
-        loss: :class:`~detectors.detr.training.criterion.SetCriterion` settings when training (``eos_coef``,
-            ``weight_ce``, ``weight_bbox``, ``weight_giou``, ``mixing_weight``, ``mixing_lambda``).
+        loss: Set-criterion settings when training: ``eos_coef``, ``weight_ce``, ``weight_bbox``, ``weight_giou``,
+            ``mixing_weight``, ``mixing_lambda`` and the matcher's ``cost_class``, ``cost_bbox``, ``cost_giou``.
         num_classes: Class logits (without no-object) of a ``.pth`` (official: 91).
         classes: Vocabulary of the checkpoint's logits: a shipped name (``coco91``), a class-list YAML path or a
             list of names (logit ``i`` = name ``i``). Default: ``coco91`` for ``.pth``, the YAML's list otherwise.
@@ -113,14 +113,10 @@ class DetrDetector(Detector):
 
         The training room is imported here, not at module level, so inference never loads it.
         """
-        from .training.criterion import SetCriterion
-        from .training.trainable import DetrTrainable, build_trainable_model
+        from .training.trainable import DetrTrainable, build_criterion, build_trainable_model
 
         cfg = cast(DetrMemberConfig, config)
-        try:
-            criterion = SetCriterion(len(class_map), **cfg.loss)
-        except TypeError as error:
-            raise ValueError(f"member {cfg.name!r}: loss: {error}") from error
+        criterion = build_criterion(cfg, len(class_map))
         return DetrTrainable(build_trainable_model(cfg, class_map), class_map, criterion, device, cfg)
 
     @staticmethod

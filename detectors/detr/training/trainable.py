@@ -31,11 +31,27 @@ from ..model import DETR, PRESETS, build_detr
 from ..postprocess import postprocess
 from ..preprocess import nested_batch, resize_shorter_side
 from .criterion import SetCriterion
+from .matcher import HungarianMatcher
 
 if TYPE_CHECKING:
     from ..adapter import DetrMemberConfig
 
-__all__ = ["DetrTrainable", "build_trainable_model"]
+__all__ = ["DetrTrainable", "build_criterion", "build_trainable_model"]
+
+_CRITERION_KEYS = ("eos_coef", "weight_ce", "weight_bbox", "weight_giou", "mixing_weight", "mixing_lambda")
+_MATCHER_KEYS = ("cost_class", "cost_bbox", "cost_giou")
+
+
+def build_criterion(config: DetrMemberConfig, num_classes: int) -> SetCriterion:
+    """The set criterion of ``config.loss``: :class:`SetCriterion` weights plus the matcher's ``cost_*``."""
+    unknown = sorted(set(config.loss) - {*_CRITERION_KEYS, *_MATCHER_KEYS})
+    if unknown:
+        raise ValueError(
+            f"member {config.name!r}: unknown loss settings {unknown}; known: {[*_CRITERION_KEYS, *_MATCHER_KEYS]}"
+        )
+    costs = {k: v for k, v in config.loss.items() if k in _MATCHER_KEYS}
+    settings = {k: v for k, v in config.loss.items() if k in _CRITERION_KEYS}
+    return SetCriterion(num_classes, HungarianMatcher(**costs), **settings)
 
 
 def build_trainable_model(config: DetrMemberConfig, class_map: ClassMap) -> DETR:
@@ -44,7 +60,10 @@ def build_trainable_model(config: DetrMemberConfig, class_map: ClassMap) -> DETR
     if config.checkpoint is None:
         if config.model not in PRESETS:
             raise ValueError(f"{where}: model must be one of {sorted(PRESETS)}, got {config.model!r}")
-        return build_detr(config.model, num_classes=len(class_map), **config.arch)
+        try:
+            return build_detr(config.model, num_classes=len(class_map), **config.arch)
+        except ValueError as error:
+            raise ValueError(f"{where}: arch: {error}") from error
     path = Path(config.checkpoint)
     if path.suffix == ".safetensors":
         model, saved = load_checkpoint(path)
@@ -55,7 +74,10 @@ def build_trainable_model(config: DetrMemberConfig, class_map: ClassMap) -> DETR
             )
         return model
     if path.suffix == ".pth":
-        model = load_official(path, config.model, config.num_classes, **config.arch)
+        try:
+            model = load_official(path, config.model, config.num_classes, **config.arch)
+        except ValueError as error:
+            raise ValueError(f"{where}: {error}") from error
         model.class_embed = nn.Linear(model.config.d_model, len(class_map) + 1)
         model.config = dataclasses.replace(model.config, num_classes=len(class_map))
         return model
@@ -129,14 +151,15 @@ class DetrTrainable(Trainable):
 
     @torch.no_grad()
     def predict(self, images: list[Tensor]) -> list[Detections]:
-        """Eval-mode detections with the member's resize, threshold and top-k (labels = the job's classes)."""
+        """Eval-mode detections with the member's resize, threshold, top-k and bf16 (labels = the job's classes)."""
         cfg = self.member
         sizes = [(int(im.shape[-2]), int(im.shape[-1])) for im in images]
         if cfg.min_size is not None:
             images = [resize_shorter_side(im, cfg.min_size, cfg.max_size) for im in images]
         batch, mask = nested_batch(images)
         self.model.eval()
-        outputs = self.model(batch, mask)
+        with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+            outputs = self.model(batch, mask)
         return postprocess(outputs, sizes, score_thr=cfg.score_thr, top_k=cfg.top_k)
 
     def export(self, out_dir: Path, stem: str) -> dict[str, Any]:
@@ -155,4 +178,5 @@ class DetrTrainable(Trainable):
             "top_k": cfg.top_k,
             "min_size": cfg.min_size,
             "max_size": cfg.max_size,
+            "bf16": cfg.bf16,
         }

@@ -72,8 +72,11 @@ def test_loss_is_the_weighted_criterion_on_normalised_boxes() -> None:
             float(expected[key]) * weights[key.removesuffix("_0")], rel=1e-5
         )
     assert trainable.model.training
-    with pytest.raises(ValueError, match="loss:"):
+    with pytest.raises(ValueError, match=r"member 'd': unknown loss settings \['weight_boxes'\]"):
         _trainable(loss={"weight_boxes": 1.0})
+    with pytest.raises(ValueError, match="member 'd': arch: .*unknown DETR architecture keys"):
+        _trainable(arch={"queries": 3})
+    assert _trainable(loss={"cost_giou": 0.5}).criterion.matcher.cost_giou == 0.5
 
 
 @pytest.fixture
