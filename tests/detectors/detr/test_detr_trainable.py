@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -143,3 +146,25 @@ def test_fine_tuning_starts_from_checkpoints(tmp_path) -> None:
     assert torch.equal(tuned.model.query_embed.weight, official.query_embed.weight)
     with pytest.raises(ValueError, match="required to predict"):
         DETECTORS.get("detr")(_member(), CLASSES, CPU)
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch
+def test_inference_does_not_import_the_training_room(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    path = save_checkpoint(
+        build_detr("detr_tiny", num_classes=3), tmp_path / "m.safetensors", classes=["a", "b", "c"]
+    )
+    code = (
+        "import sys, torch\n"
+        "from detectors.detr.adapter import DetrDetector, DetrMemberConfig\n"
+        "from fusion.classes import ClassMap\n"
+        f"DetrDetector(DetrMemberConfig(name='d', checkpoint={str(path)!r}), ClassMap(['a', 'b', 'c']), torch.device('cpu'))\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('detectors.detr.training'))\n"
+        "assert not loaded, loaded\n"
+    )
+    root = Path(__file__).resolve().parents[3]
+    subprocess.run(
+        [sys.executable, "-c", code], check=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)}
+    )
