@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .model import DETR, build_detr
-from .transformer import MultiheadAttention
+from ..model import DETR, build_detr
+from ..transformer import MultiheadAttention
 
 __all__ = ["StudentPlan", "build_student", "ffn_importance", "head_importance", "plan_student"]
 
