@@ -238,6 +238,8 @@ def render_dataset(
 
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed: must be a non-negative integer, got {seed!r}")
+    if not 0 <= compress_level <= 9:
+        raise ValueError(f"compress_level: must be in 0..9, got {compress_level}")
     config = config or RenderConfig(image_size=image_size)
     splits = dict(DEFAULT_SPLITS if splits is None else splits)
     for name, count in splits.items():

@@ -90,11 +90,12 @@ def sample_shape(rng: np.random.Generator, kind: str, radius: float) -> Shape:
     elif kind == "arc":
         params = (0.55 + 0.2 * u, 0.1 + 0.5 * float(rng.random()))
     elif kind == "blob":
-        # An irregular 4-7-gon: uneven radii and angles, so it never reads as a regular class shape.
+        # An irregular 4-7-gon: uneven radii and angles and a dent, so it never reads as a regular class shape.
         sides = int(rng.integers(4, 8))
         steps = 0.5 + rng.random(sides)
         angles = np.cumsum(steps) / steps.sum() * (2.0 * math.pi)
-        radii = 0.45 + 0.55 * rng.random(sides)
+        radii = 0.3 + 0.7 * rng.random(sides)
+        radii[int(rng.integers(0, sides))] = 0.3  # one dent at least: never close to a regular polygon
         verts: list[float] = []
         for angle, r in zip(angles.tolist(), radii.tolist(), strict=True):
             vc, vs = cos_sin(angle)
