@@ -37,7 +37,7 @@ class RenderConfig:
     Args:
         image_size: Side of the square images (px).
         min_size: Smallest object extent (circumscribed diameter, px).
-        max_size: Largest extent; ``None`` = 0.8 x ``image_size`` (a few objects reach COCO's "large").
+        max_size: Largest extent; ``None`` = ``image_size`` (then ~2 % of the boxes are COCO-"large" at 128 px).
         max_objects: Objects per image are uniform in ``1..max_objects``.
         empty_fraction: Fraction of images with no object at all (clutter only).
         max_distractors: Clutter shapes per image are uniform in ``0..max_distractors``.
@@ -77,7 +77,7 @@ class RenderConfig:
 
     @property
     def largest(self) -> int:
-        return self.max_size if self.max_size is not None else int(0.8 * self.image_size)
+        return self.max_size if self.max_size is not None else self.image_size
 
     def size_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
         """``(sizes, p)``: integer extents ``min_size..largest`` with ``p`` proportional to 1 / size (log-uniform)."""
