@@ -79,11 +79,11 @@ class RenderConfig:
     def largest(self) -> int:
         return self.max_size if self.max_size is not None else self.image_size
 
-    def size_probabilities(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(sizes, p)``: integer extents ``min_size..largest`` with ``p`` proportional to 1 / size (log-uniform)."""
+    def size_cdf(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(sizes, cdf)``: extents ``min_size..largest`` and their cumulative weights 1 / size (log-uniform),
+        unnormalised: a sequential cumulative sum has the same bits everywhere, a normalising sum may not."""
         sizes = np.arange(self.min_size, self.largest + 1, dtype=np.float64)
-        weights = 1.0 / sizes
-        return sizes, weights / weights.sum()
+        return sizes, np.cumsum(1.0 / sizes)
 
 
 @dataclass
@@ -140,10 +140,9 @@ def _place(rng: np.random.Generator, cfg: RenderConfig, kind: str, state: dict) 
     """Try to paint one shape of ``kind``; returns whether it was placed (see the occlusion rule)."""
     img, owner, full, visible = state["img"], state["owner"], state["full"], state["visible"]
     size = cfg.image_size
-    sizes, p = state["sizes"]
-    radius = 0.5 * float(
-        sizes[int(np.searchsorted(np.cumsum(p), rng.random(), side="right").clip(max=len(p) - 1))]
-    )
+    sizes, cdf = state["sizes"]
+    pick = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
+    radius = 0.5 * float(sizes[min(pick, len(sizes) - 1)])
     if kind == "line":
         radius = max(radius, 0.25 * size * float(rng.random()) + 4.0)
     shape = sample_shape(rng, kind, radius)
@@ -204,7 +203,7 @@ def render_image(rng: np.random.Generator, cfg: RenderConfig | None = None) -> R
         "full": [],
         "visible": np.zeros(0, dtype=np.int64),
         "labels": [],
-        "sizes": cfg.size_probabilities(),
+        "sizes": cfg.size_cdf(),
     }
     for k in order.tolist():
         _place(rng, cfg, kinds[k], state)
