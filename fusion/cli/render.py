@@ -69,7 +69,8 @@ def run(args: argparse.Namespace) -> int:
     )
     labelled = [s for s in paths if s != UNLABELED]
     if labelled and not args.no_preview:
-        write_preview(out / "preview.png", *paths[labelled[0]])
+        # Tiles of about 256 px: small images enlarged so that 6-px objects show, large ones as they are.
+        write_preview(out / "preview.png", *paths[labelled[0]], scale=max(1, 256 // args.size))
     for split, (ann_path, images) in paths.items():
         print(f"{split}: {ann_path} (images in {images})")
     print(

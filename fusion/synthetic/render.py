@@ -260,7 +260,7 @@ def render_dataset(
     if isinstance(manifest, dict) and not overwrite:
         raise ValueError(
             f"{out_dir}: holds a complete render of other parameters (see {manifest_path}); "
-            "choose another folder or pass overwrite=True"
+            "render into another folder or pass overwrite=True (fusion render: another --name, or no --exist-ok)"
         )
     manifest_path.unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -145,6 +145,19 @@ def test_boxes_follow_the_visible_pixel_rule() -> None:
     assert occluded >= 10 and truncated >= 5
 
 
+@pytest.mark.parametrize("size", [32, 64, 200])
+def test_other_image_sizes(size: int) -> None:
+    cfg = RenderConfig(image_size=size)
+    sides = []
+    for i in range(20):
+        out = render_split_image(2, "val", i, cfg)
+        assert out.pixels.shape == (size, size, 3) and out.owner.shape == (size, size)
+        assert np.all(out.boxes[:, :2] >= 0) and np.all(out.boxes[:, 2:] <= size)
+        assert np.all(out.boxes[:, 2:] > out.boxes[:, :2])
+        sides += (out.boxes[:, 2:] - out.boxes[:, :2]).max(axis=1).tolist()
+    assert max(sides) > size // 2
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     kind=st.sampled_from(["circle", "square", "ellipse", "ring"]),
