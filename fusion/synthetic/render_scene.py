@@ -136,11 +136,24 @@ def _fill(
     return paint
 
 
-def _place(rng: np.random.Generator, cfg: RenderConfig, kind: str, state: dict) -> bool:
+@dataclass
+class _Canvas:
+    """The image being painted: ``img`` (H, W, 3) float64, ``owner`` (H, W) (see :class:`RenderedImage`), and per
+    object so far its pixel count ``full`` (border-cut part included), ``visible`` pixel count and ``labels``."""
+
+    img: np.ndarray
+    owner: np.ndarray
+    full: list[int]
+    visible: np.ndarray
+    labels: list[int]
+    sizes: tuple[np.ndarray, np.ndarray]
+
+
+def _place(rng: np.random.Generator, cfg: RenderConfig, kind: str, state: _Canvas) -> bool:
     """Try to paint one shape of ``kind``; returns whether it was placed (see the occlusion rule)."""
-    img, owner, full, visible = state["img"], state["owner"], state["full"], state["visible"]
+    img, owner, full, visible = state.img, state.owner, state.full, state.visible
     size = cfg.image_size
-    sizes, cdf = state["sizes"]
+    sizes, cdf = state.sizes
     pick = int(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"))
     radius = 0.5 * float(sizes[min(pick, len(sizes) - 1)])
     if kind == "line":
@@ -173,8 +186,8 @@ def _place(rng: np.random.Generator, cfg: RenderConfig, kind: str, state: dict) 
         win_owner[owns] = len(full) if is_object else -2
         if is_object:
             full.append(total)
-            state["visible"] = np.append(visible, int(owns.sum()))
-            state["labels"].append(CLASS_SHAPES.index(kind))
+            state.visible = np.append(visible, int(owns.sum()))
+            state.labels.append(CLASS_SHAPES.index(kind))
         return True
     return False
 
@@ -197,17 +210,12 @@ def render_image(rng: np.random.Generator, cfg: RenderConfig | None = None) -> R
     kinds = [CLASS_SHAPES[int(k)] for k in rng.integers(0, len(CLASS_SHAPES), n_objects)]
     kinds += [DISTRACTOR_SHAPES[int(k)] for k in rng.integers(0, len(DISTRACTOR_SHAPES), n_clutter)]
     order = rng.permutation(len(kinds))
-    state = {
-        "img": img,
-        "owner": np.full((size, size), -1, dtype=np.int64),
-        "full": [],
-        "visible": np.zeros(0, dtype=np.int64),
-        "labels": [],
-        "sizes": cfg.size_cdf(),
-    }
+    state = _Canvas(
+        img, np.full((size, size), -1, dtype=np.int64), [], np.zeros(0, dtype=np.int64), [], cfg.size_cdf()
+    )
     for k in order.tolist():
         _place(rng, cfg, kinds[k], state)
-    img = state["img"]
+    img = state.img
     if rng.random() < cfg.blur_fraction:
         img = _blur(img)
     amplitude = int(rng.integers(0, cfg.noise + 1))
@@ -222,10 +230,10 @@ def render_image(rng: np.random.Generator, cfg: RenderConfig | None = None) -> R
             * 0.5
         )
     pixels = np.ascontiguousarray(np.clip(np.rint(img), 0, 255), dtype=np.uint8)
-    owner = state["owner"]
-    boxes = np.zeros((len(state["full"]), 4), dtype=np.int64)
+    owner = state.owner
+    boxes = np.zeros((len(state.full), 4), dtype=np.int64)
     for j in range(len(boxes)):
         ys, xs = np.nonzero(owner == j)
         boxes[j] = (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-    visible = state["visible"] / np.maximum(np.asarray(state["full"], dtype=np.float64), 1.0)
-    return RenderedImage(pixels, boxes, np.asarray(state["labels"], dtype=np.int64), visible, owner)
+    visible = state.visible / np.maximum(np.asarray(state.full, dtype=np.float64), 1.0)
+    return RenderedImage(pixels, boxes, np.asarray(state.labels, dtype=np.int64), visible, owner)
