@@ -1,9 +1,9 @@
 """Rendered COCO-format image datasets of coloured shapes: training data that small detectors learn on a CPU.
 
 Eight classes of shapes (:data:`CLASSES`: circle, square, triangle, star, ring, cross, ellipse, hexagon) in colours
-shared by every class, so the shape decides; 6 px to the image side (circumscribed diameter), log-uniform (COCO's small, medium
-and large all occur); gradients, stripes, blobs, checks and value noise behind; clutter shapes that are no class
-(bars, lines, irregular polygons, half discs, arcs); occlusion with the visible-box rule of
+shared by every class, so the shape decides; 6 px to the image side (circumscribed diameter), weighted 1 / sqrt(size)
+(COCO's small, medium and large all occur); gradients, stripes, blobs, checks and value noise behind; clutter
+shapes that are no class (bars, lines, irregular polygons, half discs, arcs); occlusion with the visible-box rule of
 :mod:`fusion.synthetic.render_scene`; blur and sensor noise.
 
 Layout of ``render_dataset(out_dir, ...)``::

@@ -157,8 +157,9 @@ def coverage(shape: Shape, cx: float, cy: float, x0: int, y0: int, width: int, h
     # Rotate the samples into the shape's frame (inverse rotation).
     u = dx * shape.cos + dy * shape.sin
     v = dy * shape.cos - dx * shape.sin
-    inside = _inside(shape, u, v).astype(np.uint8)
-    return inside.reshape(height, 2, width, 2).sum(axis=(1, 3), dtype=np.uint8)
+    inside = _inside(shape, u, v).view(np.uint8)
+    # Strided adds: much faster than a sum over the non-contiguous axes of a (h, 2, w, 2) view.
+    return inside[0::2, 0::2] + inside[0::2, 1::2] + inside[1::2, 0::2] + inside[1::2, 1::2]
 
 
 def _bilinear(grid: np.ndarray, size: int) -> np.ndarray:

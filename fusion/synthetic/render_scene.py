@@ -37,7 +37,7 @@ class RenderConfig:
     Args:
         image_size: Side of the square images (px).
         min_size: Smallest object extent (circumscribed diameter, px).
-        max_size: Largest extent; ``None`` = ``image_size`` (then ~2 % of the boxes are COCO-"large" at 128 px).
+        max_size: Largest extent; ``None`` = ``image_size`` (see :meth:`size_cdf` for the distribution).
         max_objects: Objects per image are uniform in ``1..max_objects``.
         empty_fraction: Fraction of images with no object at all (clutter only).
         max_distractors: Clutter shapes per image are uniform in ``0..max_distractors``.
@@ -80,10 +80,13 @@ class RenderConfig:
         return self.max_size if self.max_size is not None else self.image_size
 
     def size_cdf(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(sizes, cdf)``: extents ``min_size..largest`` and their cumulative weights 1 / size (log-uniform),
-        unnormalised: a sequential cumulative sum has the same bits everywhere, a normalising sum may not."""
+        """``(sizes, cdf)``: extents ``min_size..largest`` and their cumulative weights 1 / sqrt(size), unnormalised
+        (a sequential cumulative sum has the same bits everywhere, a normalising sum may not).
+
+        1 / sqrt(size) sits between log-uniform (1 / size: too many objects below 10 px to learn at stride 8) and
+        uniform; at 128 px it gives about 44 % COCO-small, 51 % medium and 5 % large boxes."""
         sizes = np.arange(self.min_size, self.largest + 1, dtype=np.float64)
-        return sizes, np.cumsum(1.0 / sizes)
+        return sizes, np.cumsum(1.0 / np.sqrt(sizes))
 
 
 @dataclass
