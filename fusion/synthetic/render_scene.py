@@ -41,7 +41,8 @@ class RenderConfig:
         max_objects: Objects per image are uniform in ``1..max_objects``.
         empty_fraction: Fraction of images with no object at all (clutter only).
         max_distractors: Clutter shapes per image are uniform in ``0..max_distractors``.
-        min_visible: Smallest visible fraction of an object's pixels (see the module's occlusion rule).
+        min_visible: Smallest visible fraction of an object's pixels (see the module's occlusion rule); above a half,
+            so that a partly hidden circle or ring never looks like a half-disc or arc of the clutter.
         noise: Largest amplitude of the per-pixel sensor noise (grey levels).
         blur_fraction: Fraction of images slightly blurred (a [1, 2, 1] / 4 kernel in x and y).
         min_contrast: Wanted L1 distance (sum over RGB) between an object's colour and what it covers.
@@ -53,7 +54,7 @@ class RenderConfig:
     max_objects: int = 8
     empty_fraction: float = 0.03
     max_distractors: int = 4
-    min_visible: float = 0.5
+    min_visible: float = 0.7
     noise: int = 12
     blur_fraction: float = 0.2
     min_contrast: float = 90.0
