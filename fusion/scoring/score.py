@@ -20,19 +20,7 @@ from fusion.coco.annotations import CocoGroundTruth, load_annotations
 from fusion.coco.predictions import Predictions
 from fusion.detections import Detections
 
-__all__ = ["gt_weights", "score"]
-
-
-def gt_weights(weights: Any, ensemble_classes: Any, gt: CocoGroundTruth) -> Any:
-    """Per-class weights ``[M][C_ensemble]`` -> ``[M][C_gt]`` by class name (flat ``[M]`` weights unchanged).
-
-    Fusion here runs on labels of the dataset's vocabulary; a dataset class the ensemble lacks gets weight 1 (no
-    member ever predicts it, so its weight is never used).
-    """
-    if not weights or not isinstance(weights[0], list | tuple):
-        return weights
-    table = gt.class_map.translation_to(ensemble_classes, strict=False).tolist()
-    return [[float(row[j]) if j >= 0 else 1.0 for j in table] for row in weights]
+__all__ = ["score"]
 
 
 def _to_predictions(
@@ -110,7 +98,6 @@ def score(
     from fusion.config import EnsembleConfigBase, load_ensemble_config
     from fusion.ensemble import Ensemble
     from fusion.io import run_dir
-    from fusion.pipeline import Calibration, policy_description
     from fusion.scoring.cache import MemberCache
     from fusion.scoring.dataset import make_loader
     from fusion.scoring.distributed import init_distributed
@@ -177,18 +164,10 @@ def score(
             name: _in_dataset_order(Predictions.concat([part[name] for part in gathered]), gt)
             for name in ensemble.member_names
         }
-        params = ensemble.policy.params
-        weights = gt_weights(params.weights, ensemble.class_map, gt)
-        described = policy_description(params, weights=weights)
-        calibration = Calibration(
-            members=dict(ensemble.calibrators),
-            classes=tuple(ensemble.class_map.names),
-            fused=ensemble.fused_calibrator,
-            sources=ensemble.calibrator_files,
-        )
-        run = fuse_and_evaluate(
-            members, gt, params, {"weights": weights}, backend=backend, calibration=calibration
-        )
+        # The ensemble's own pipeline, on labels of the dataset's vocabulary (per-class weights re-indexed).
+        pipeline = ensemble.pipeline.in_vocabulary(gt.class_map)
+        described = pipeline.describe()
+        run = fuse_and_evaluate(members, gt, pipeline, backend=backend)
         for member, preds in members.items():  # raw results: a new calibrator needs no re-run
             preds.save(out / "members" / f"{member}.json")
         resolved = {

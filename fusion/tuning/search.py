@@ -28,7 +28,7 @@ import numpy as np
 from fusion.coco.annotations import CocoGroundTruth, load_annotations
 from fusion.coco.evaluate import evaluate, resolve_backend
 from fusion.coco.predictions import Predictions
-from fusion.pipeline import Calibration, calibrate_members, calibrate_predictions, fuse_predictions
+from fusion.pipeline import Calibration, Pipeline
 from fusion.scoring.fuse_files import load_member_files
 
 __all__ = ["SearchSpace", "Trial", "tune", "tune_files"]
@@ -126,9 +126,9 @@ def tune(
         raise ValueError(f"trials must be >= 1, got {trials}")
     backend = resolve_backend(backend)
     space = SearchSpace(policies, len(members))
-    preds = list(calibrate_members(members, calibration, gt).values())
-    fused_calibrator = calibration.fused if calibration is not None else None
-    classes = calibration.classes if calibration is not None else None
+    # Members are calibrated once; each trial runs the rest of the same pipeline under its own policy.
+    pipeline = Pipeline.build(calibration=calibration, vocabulary=gt.class_map)
+    calibrated = pipeline.calibrate_columns(members, gt)
     history: list[Trial] = []
     seen: dict[str, float] = {}
     bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
@@ -137,13 +137,10 @@ def tune(
         setting = space.decode(u)
         key = repr(sorted(setting.items()))
         if key not in seen:  # Nelder-Mead revisits points whose decoded (rounded) setting is identical
-            fused = fuse_predictions(
-                preds,
-                gt,
-                {k: v for k, v in setting.items() if k != "weights"},
-                weights=setting.get("weights"),
+            trial = pipeline.with_policy(
+                {k: v for k, v in setting.items() if k != "weights"}, {"weights": setting.get("weights")}
             )
-            fused = calibrate_predictions(fused, fused_calibrator, gt, classes)
+            fused = trial.fuse_columns(calibrated, gt)
             stats = evaluate(gt, fused, backend, source="fused").stats
             history.append(Trial(len(history), phase, setting, stats))
             seen[key] = stats[metric]
