@@ -206,7 +206,7 @@ def calibrate_detections(detections: Sequence[Detections], calibrator: Calibrato
         out.append(
             Detections(
                 det.boxes,
-                part.to(det.device),
+                part.to(det.device, det.scores.dtype),  # float64 detections stay float64 (same values)
                 det.labels,
                 det.image_size,
                 {**det.extras, CALIBRATED: torch.ones(len(det), dtype=torch.bool, device=det.device)},
@@ -274,7 +274,7 @@ def calibrate_fused(detections: Sequence[Detections], calibrator: Calibrator) ->
     order = order[torch.sort(image[order], stable=True).indices]
     starts = [0, *itertools.accumulate(counts)][:-1]
     return [
-        det.replace(scores=part.to(det.device))[(local - start).to(det.device)]
+        det.replace(scores=part.to(det.device, det.scores.dtype))[(local - start).to(det.device)]
         for det, part, local, start in zip(
             detections, torch.split(scores, counts), torch.split(order, counts), starts
         )
