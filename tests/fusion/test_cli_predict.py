@@ -96,9 +96,9 @@ def _dyadic_member(data: dict, temperature: float, seed: int) -> list[dict]:
     return out
 
 
-@pytest.mark.filterwarnings(
-    "error::UserWarning"
-)  # the fused calibrator is applied under the policy it was fit for
+@pytest.mark.slow
+# No warning: the fused calibrator is applied under the policy it was fitted for.
+@pytest.mark.filterwarnings("error::UserWarning")
 def test_predict_with_calibrators_equals_ensemble_predict_and_fuse(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
