@@ -274,30 +274,7 @@ def tune_files(
         calibration=calibration,
     )
     out = run_dir("tune", name, root)
-    weights = best.policy.get("weights") or [1.0] * len(members)
-    fusion = {k: v for k, v in best.policy.items() if k != "weights"}
-    config = {
-        "name": name,
-        "classes": classes,
-        "members": [
-            {
-                "name": n,
-                "type": "predictions",
-                "path": str(Path(p).resolve()),
-                "classes": pred_classes or "coco91",
-                "weight": float(w),
-                **(
-                    {"calibrator": str(Path(calibrators).resolve())}
-                    if calibration is not None and n in calibration.members
-                    else {}
-                ),
-            }
-            for n, p, w in zip(members, paths, weights)
-        ],
-        "fusion": fusion,
-    }
-    if calibration is not None and calibration.fused is not None:  # every trial was scored after it
-        config["fused_calibrator"] = str(Path(calibrators).resolve())
+    config = best_config(name, classes, members, paths, pred_classes, best, calibration, calibrators)
     atomic_write_yaml(out / "best.yaml", config)
     atomic_write_text(out / "trials.csv", trials_csv(history))
     atomic_write_yaml(
@@ -318,3 +295,44 @@ def tune_files(
         print(f"best fused AP {best.stats['AP']:.4f} (trial {best.number}): {best.policy}")
         print(f"results in {out}")
     return out
+
+
+def best_config(
+    name: str,
+    classes: str,
+    members: Mapping[str, Predictions],
+    paths: Sequence[str | Path],
+    pred_classes: str | None,
+    best: Trial,
+    calibration: Calibration | None,
+    calibrators: str | Path | None,
+) -> dict[str, Any]:
+    """``best.yaml``: an ensemble config of ``predictions`` members replaying ``paths`` with the best fusion and
+    weights, and the calibrators the search was scored with."""
+    weights = best.policy.get("weights") or [1.0] * len(members)
+    calibrated = calibration.members if calibration is not None else {}
+    config = {
+        "name": name,
+        "classes": classes,
+        "members": [
+            {
+                "name": n,
+                "type": "predictions",
+                "path": str(Path(p).resolve()),
+                "classes": pred_classes or "coco91",
+                "weight": float(w),
+                **(
+                    {"calibrator": str(Path(calibrators).resolve())}
+                    if n in calibrated and calibrators
+                    else {}
+                ),
+            }
+            for n, p, w in zip(members, paths, weights)
+        ],
+        "fusion": {k: v for k, v in best.policy.items() if k != "weights"},
+    }
+    if (
+        calibration is not None and calibration.fused is not None and calibrators
+    ):  # every trial was scored after it
+        config["fused_calibrator"] = str(Path(calibrators).resolve())
+    return config
