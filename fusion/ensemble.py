@@ -217,7 +217,7 @@ class Ensemble:
         Exactly once: rows are marked ``extras["calibrated"]`` and marked rows are left alone, so calibrating
         twice changes nothing. Without calibrators the input is returned as it is.
         """
-        named = self.pipeline.calibrate(dict(zip(self.member_names, per_member)))
+        named = self.pipeline.calibrate(self._named(per_member))
         return [named[name] for name in self.member_names]
 
     def calibrate_fused(self, fused: Sequence[Detections]) -> list[Detections]:
@@ -226,11 +226,19 @@ class Ensemble:
 
     def fuse(self, per_member: Sequence[Sequence[Detections]]) -> list[Detections]:
         """Fuse ``per_member[m][i]`` into one :class:`Detections` per image (the policy's ``fuse_batch``)."""
-        return self.pipeline.fuse(dict(zip(self.member_names, per_member)))
+        return self.pipeline.fuse(self._named(per_member))
+
+    def _named(self, per_member: Sequence[Sequence[Detections]]) -> dict[str, Sequence[Detections]]:
+        if len(per_member) != len(self.member_names):
+            raise ValueError(
+                f"{len(per_member)} members' detections given; this ensemble fuses {len(self.member_names)}: "
+                f"{self.member_names}"
+            )
+        return dict(zip(self.member_names, per_member))
 
     def predict_batch(self, batch: ImageBatch) -> list[Detections]:
         """Fused detections of one loaded batch: the members, then :attr:`pipeline` (what :meth:`predict` runs)."""
-        return self.pipeline(dict(zip(self.member_names, self.run_members(batch))))
+        return self.pipeline(self._named(self.run_members(batch)))
 
     # ------------------------------------------------------------------ public API
     def _chunks(self, images: Any, image_ids: Sequence[int | str] | None) -> Iterator[ImageBatch]:
