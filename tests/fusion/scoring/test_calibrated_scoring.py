@@ -221,8 +221,10 @@ def test_ensemble_predict_calibrates_each_member_once(data: dict) -> None:
     manual = _ensemble_config(root / "manual_rounded", calibrated=False)
     expected = Ensemble.from_config(manual).predict(images, ids)
     for got, want in zip(fused, expected):
-        torch.testing.assert_close(got.boxes, want.boxes, atol=1e-4, rtol=0)
-        torch.testing.assert_close(got.scores, want.scores, atol=2e-4, rtol=0)  # hand files are rounded
+        # The hand files hold rounded scores, and WBF weights boxes by score: ~1e-4 relative in a weight moves a
+        # fused coordinate by up to ~1e-3 px on these images.
+        torch.testing.assert_close(got.boxes, want.boxes, atol=1e-3, rtol=0)
+        torch.testing.assert_close(got.scores, want.scores, atol=2e-4, rtol=0)
         assert torch.equal(got.labels, want.labels)
 
     raw = ensemble.run_members(ensemble.load(images, ids))
