@@ -13,6 +13,7 @@ Run folder (``job.out_dir``)::
     ultralytics/             ultralytics' save_dir: weights/{last,best}.pt, results.csv, args.yaml, train.log,
                              weights/{last,best}.safetensors and weights/model.yaml written as training goes
     weights/best.{safetensors,yaml}, weights/last.{safetensors,yaml}   the exported member (after fit)
+    metrics.jsonl            ultralytics' results.csv, one JSON object per epoch
     fit.json                 what fit() returned (a finished run returns it again on resume)
 
 Checkpoints are written atomically (ultralytics writes them in place): a ``kill -9`` leaves the previous epoch's
@@ -100,7 +101,7 @@ def _device_arg(device: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- safetensors files
-def _model_yaml(cfg: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
+def member_yaml(cfg: Mapping[str, Any], names: list[str]) -> dict[str, Any]:
     """The model YAML to export: the architecture as built (``nc``, ``scale``, layers) plus the class names."""
     out = {k: v for k, v in cfg.items() if k not in ("yaml_file", "names")}
     if len(names) != out.get("nc"):
@@ -128,7 +129,7 @@ def save_safetensors_model(
     note = "fp16 EMA weights as in ultralytics' checkpoints; load into an fp32 DetectionModel built from the YAML"
     atomic_write_bytes(out_dir / f"{stem}.safetensors", save(state, metadata={"format": "pt", "note": note}))
     atomic_write_text(
-        out_dir / f"{stem}.yaml", yaml.safe_dump(_model_yaml(model.yaml, names), sort_keys=False)
+        out_dir / f"{stem}.yaml", yaml.safe_dump(member_yaml(model.yaml, names), sort_keys=False)
     )
     return {"type": "ultralytics", "model": f"{stem}.yaml", "weights": f"{stem}.safetensors"}
 
@@ -253,8 +254,12 @@ class UltralyticsTrainable(Trainable):
             "overrides": overrides,
             "threads": int(own.get("threads", torch.get_num_threads())),
         }
+        (save_dir / "final.json").unlink(missing_ok=True)
+        if mode == "fresh":
+            (save_dir / "progress.json").unlink(missing_ok=True)
         _run_child(spec, out, stream=bool(own.get("stream", True)))
         child = json.loads((save_dir / "final.json").read_text())
+        _write_metrics_jsonl(save_dir / "results.csv", out / "metrics.jsonl")
         weights = out / "weights"
         member = self.export(weights, "best")
         self.export(weights, "last", which="last")
@@ -316,6 +321,18 @@ class UltralyticsTrainable(Trainable):
         )
 
 
+def _write_metrics_jsonl(results_csv: Path, target: Path) -> None:
+    """ultralytics' results.csv (one row per epoch) as the run's metrics.jsonl (one JSON object per epoch)."""
+    if not results_csv.is_file():
+        return
+    head, *rows = results_csv.read_text().splitlines()
+    keys = [k.strip() for k in head.split(",")]
+    records = [dict(zip(keys, (float(v) for v in row.split(",")))) for row in rows if row.strip()]
+    for record in records:
+        record["epoch"] = int(record["epoch"])
+    atomic_write_text(target, "".join(json.dumps(r) + "\n" for r in records))
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -328,7 +345,7 @@ def _die_with_parent() -> None:
 
 
 def _run_child(spec: dict[str, Any], out: Path, stream: bool) -> None:
-    """Run the trainer in ``python -m detectors.ultralytics_training``; its output goes to ultralytics/train.log."""
+    """Run the trainer in ``python -m detectors.ultralytics_child``; its output goes to ultralytics/train.log."""
     config_dir = out / "ultralytics_config"
     log_path = out / "ultralytics" / "train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -343,7 +360,7 @@ def _run_child(spec: dict[str, Any], out: Path, stream: bool) -> None:
         "PYTHONPATH": os.pathsep.join([package_root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         "PYTHONUNBUFFERED": "1",
     }
-    command = [sys.executable, "-m", "detectors.ultralytics_training", str(spec_path)]
+    command = [sys.executable, "-m", "detectors.ultralytics_child", str(spec_path)]
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     with open(log_path, "ab") as log:
         child = subprocess.Popen(
@@ -365,101 +382,3 @@ def _run_child(spec: dict[str, Any], out: Path, stream: bool) -> None:
         raise kinds[error["type"]](f"ultralytics training: {error['message']}")
     tail = log_path.read_text(errors="replace")[-3000:]
     raise RuntimeError(f"ultralytics training failed (exit code {code}); end of {log_path}:\n{tail}")
-
-
-def _trainer_class(threads: int) -> type:
-    """ultralytics' DetectionTrainer with atomic checkpoints, safetensors beside them, and a finished marker."""
-    import ultralytics.engine.trainer as engine
-    from ultralytics.models.yolo.detect import DetectionTrainer
-    from ultralytics.utils import torch_utils
-
-    torch_utils.NUM_THREADS = threads  # ultralytics resets torch's threads to this when it selects the CPU
-    strip = engine.strip_optimizer
-
-    def atomic_strip(f: Any, s: str = "", updates: Any = None) -> Any:
-        # ultralytics rewrites last.pt/best.pt in place at the end; a kill then must not leave half a file.
-        target = Path(s or f)
-        tmp = target.with_name(f".{target.name}.tmp")
-        result = strip(f, s=str(tmp), updates=updates)
-        os.replace(tmp, target)
-        return result
-
-    engine.strip_optimizer = atomic_strip
-
-    class AtomicTrainer(DetectionTrainer):
-        def save_model(self) -> bool:
-            last, best = self.last, self.best
-            self.last, self.best = last.with_name(".last.pt.tmp"), best.with_name(".best.pt.tmp")
-            try:
-                saved = super().save_model()
-            finally:
-                tmp_last, tmp_best, self.last, self.best = self.last, self.best, last, best
-            ema = torch_utils.unwrap_model(self.ema.ema)
-            names = [self.data["names"][i] for i in range(len(self.data["names"]))]
-            weights = Path(self.wdir)
-            if not (weights / "model.yaml").exists():
-                atomic_write_text(
-                    weights / "model.yaml", yaml.safe_dump(_model_yaml(ema.yaml, names), sort_keys=False)
-                )
-            if tmp_best.exists():
-                os.replace(tmp_best, best)
-                save_safetensors_model(ema, names, weights, "best")
-            save_safetensors_model(ema, names, weights, "last")
-            if tmp_last.exists():
-                os.replace(tmp_last, last)
-            return saved
-
-        def final_eval(self) -> None:
-            # Every epoch is saved once the loop has ended: a run killed from here on only needs the validation.
-            atomic_write_json(
-                Path(self.save_dir) / "progress.json", {"finished": True, "epochs": self.epoch + 1}
-            )
-            super().final_eval()
-
-    return AtomicTrainer
-
-
-def _finish(spec: dict[str, Any], save_dir: Path) -> dict[str, Any]:
-    """ultralytics' final validation of best.pt, for a run killed after its last epoch was saved."""
-    from ultralytics.models.yolo.detect import DetectionValidator
-
-    overrides = spec["overrides"]
-    keep = ("data", "imgsz", "device", "seed", "deterministic", "workers", "plots", "verbose")
-    args = {k: overrides[k] for k in keep if k in overrides} | {
-        "batch": 2 * overrides["batch"],
-        "mode": "val",
-    }
-    metrics = DetectionValidator(save_dir=save_dir, args=args)(model=str(save_dir / "weights" / "best.pt"))
-    metrics.pop("fitness", None)
-    return metrics
-
-
-def _child_main(spec_path: Path) -> None:
-    """The child process: train, resume or finish the run described by ``spec_path``; write final.json."""
-    spec = json.loads(spec_path.read_text())
-    save_dir = spec_path.parent
-    torch.set_num_threads(spec["threads"])
-    try:
-        from detectors.ultralytics_detector import import_ultralytics
-
-        import_ultralytics()
-        if spec["mode"] == "finish":
-            metrics = _finish(spec, save_dir)
-        else:
-            overrides = dict(spec["overrides"])
-            if spec["mode"] == "resume":
-                last = str(save_dir / "weights" / "last.pt")
-                overrides |= {"model": last, "resume": last}
-            trainer = _trainer_class(spec["threads"])(overrides=overrides)
-            trainer.train()
-            metrics = dict(trainer.metrics)
-        progress = _read_json(save_dir / "progress.json")
-        result = {"metrics": {k: float(v) for k, v in metrics.items()}, "epochs": progress.get("epochs")}
-        atomic_write_json(save_dir / "final.json", result)
-    except Exception as exc:
-        atomic_write_json(save_dir / "error.json", {"type": type(exc).__name__, "message": str(exc)})
-        raise
-
-
-if __name__ == "__main__":
-    _child_main(Path(sys.argv[1]))
