@@ -127,6 +127,7 @@ def test_option_errors_name_the_option(data: dict[str, Path], tmp_path: Path) ->
         trainable.fit(_job(data, tmp_path / "b", imgsz=32))
 
 
+@pytest.mark.slow
 def test_safetensors_round_trip_keeps_the_network(tmp_path: Path) -> None:
     from ultralytics.nn.tasks import DetectionModel
 
@@ -136,17 +137,14 @@ def test_safetensors_round_trip_keeps_the_network(tmp_path: Path) -> None:
     assert fields == {"type": "ultralytics", "model": "member.yaml", "weights": "member.safetensors"}
     loaded = load_safetensors_model(tmp_path / "member.yaml", tmp_path / "member.safetensors")
     assert loaded.names == {0: "a", 1: "b", 2: "c"} and loaded.yaml["scale"] == "n"
-    reference = DetectionModel("yolov8n.yaml", nc=3, verbose=False).eval()
-    reference.load_state_dict(
-        {k: v.half().float() if v.is_floating_point() else v for k, v in model.state_dict().items()}
-    )
-    x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(loaded(x)[0], reference(x)[0])
-    with pytest.raises(ValueError, match="does not fit the model"):
-        (tmp_path / "member.yaml").write_text(
-            (tmp_path / "member.yaml").read_text().replace("nc: 3", "nc: 4")
-        )
+        for value in model.state_dict().values():  # the fp16 storage, as ultralytics' checkpoints hold it
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+        x = torch.rand(2, 3, 64, 64)
+        assert torch.equal(loaded(x)[0], model(x)[0])
+    (tmp_path / "member.yaml").write_text((tmp_path / "member.yaml").read_text().replace("nc: 3", "nc: 4"))
+    with pytest.raises(ValueError, match="member.safetensors does not fit the model of .*member.yaml"):
         load_safetensors_model(tmp_path / "member.yaml", tmp_path / "member.safetensors")
 
 
