@@ -90,11 +90,9 @@ def _finish(spec: dict[str, Any], save_dir: Path) -> dict[str, Any]:
     from ultralytics.models.yolo.detect import DetectionValidator
 
     overrides = spec["overrides"]
-    keep = ("data", "imgsz", "device", "seed", "deterministic", "workers", "plots", "verbose")
-    args = {k: overrides[k] for k in keep if k in overrides} | {
-        "batch": 2 * overrides["batch"],
-        "mode": "val",
-    }
+    # The trainer's own validation settings: its arguments, and the doubled batch and rectangular batches of
+    # its validation loader (a validator built alone would letterbox to squares: other numbers).
+    args = {**overrides, "batch": 2 * overrides["batch"], "rect": True, "mode": "val", "plots": False}
     metrics = DetectionValidator(save_dir=save_dir, args=args)(model=str(save_dir / "weights" / "best.pt"))
     metrics.pop("fitness", None)
     return metrics

@@ -180,6 +180,10 @@ def test_fit_end_to_end(data: dict[str, Path], tmp_path: Path) -> None:
     # a finished run resumed returns its results without training again
     again = UltralyticsTrainable("yolo11n.yaml").fit(_resumed(data, out, conf=1e-6))
     assert again == result
+    # killed after the last epoch was saved: resume only runs ultralytics' final validation, to the same numbers
+    (out / "fit.json").unlink()
+    finished = UltralyticsTrainable("yolo11n.yaml").fit(_resumed(data, out, conf=1e-6))
+    assert finished["metrics"] == pytest.approx(result["metrics"], abs=1e-9) and finished["epochs"] == 1
 
 
 def _resumed(data: dict[str, Path], out: Path, epochs: int = 1, **options: Any) -> ExternalTrainJob:
