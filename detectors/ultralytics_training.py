@@ -205,7 +205,7 @@ class UltralyticsTrainable(Trainable):
         Returns:
             ``{"metrics": ultralytics' final validation of best.pt (its own keys, e.g. "metrics/mAP50-95(B)"),
             "epochs": completed epochs, "wall_s": seconds of this call, "dataset": per-split label counts,
-            "member": {"type", "model", "weights"} of weights/best.* relative to job.out_dir}``.
+            "member": {"type", "model", "weights", "imgsz"} of weights/best.* (paths relative to job.out_dir)}``.
 
         Raises:
             ValueError: bad options (unknown ultralytics argument, a managed one, bad device), or an error the
@@ -272,6 +272,7 @@ class UltralyticsTrainable(Trainable):
                 **member,
                 "model": f"weights/{member['model']}",
                 "weights": f"weights/{member['weights']}",
+                "imgsz": job.image_size,  # predict at the size it was trained and validated at
             },
         }
         atomic_write_json(result_file, result)

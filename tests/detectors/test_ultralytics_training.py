@@ -160,6 +160,7 @@ def test_fit_end_to_end(data: dict[str, Path], tmp_path: Path) -> None:
         "type": "ultralytics",
         "model": "weights/best.yaml",
         "weights": "weights/best.safetensors",
+        "imgsz": 128,
     }
     assert result["dataset"]["train"]["boxes"] == len(json.loads(data["train"].read_text())["annotations"])
     # ultralytics' own validation of its best.pt gives the numbers fit() returned
