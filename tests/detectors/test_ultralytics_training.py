@@ -90,6 +90,7 @@ def _job(data: dict[str, Path], out: Path, epochs: int = 1, **options: Any) -> E
     )
 
 
+@pytest.mark.slow
 def test_ultralytics_reads_the_labels_we_wrote(data: dict[str, Path], tmp_path: Path) -> None:
     from ultralytics.data import YOLODataset
 
@@ -125,6 +126,20 @@ def test_option_errors_name_the_option(data: dict[str, Path], tmp_path: Path) ->
         trainable.fit(_job(data, tmp_path / "a", lr_zero=0.1))
     with pytest.raises(ValueError, match=r"\['imgsz'\] are set from the training job"):
         trainable.fit(_job(data, tmp_path / "b", imgsz=32))
+
+
+def test_existing_run_is_not_overwritten(data: dict[str, Path], tmp_path: Path) -> None:
+    last = tmp_path / "run" / "ultralytics" / "weights" / "last.pt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"")
+    with pytest.raises(FileExistsError, match="already holds an ultralytics run; resume it"):
+        UltralyticsTrainable("yolo11n.yaml").fit(_job(data, tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_trainer_errors_come_back_with_their_type(data: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"ultralytics training: .*yolo_nothing\.yaml"):
+        UltralyticsTrainable("yolo_nothing.yaml").fit(_job(data, tmp_path / "run"))
 
 
 @pytest.mark.slow

@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 from fusion.training.yolo_dataset import YoloSplit, coco_boxes_to_yolo, write_yolo_dataset
@@ -201,3 +203,33 @@ def test_coco_boxes_to_yolo_matches_hand_numbers() -> None:
     )
     np.testing.assert_allclose(yolo[:2], [[0.2, 0.2, 0.2, 0.2], [0.125, 0.125, 0.25, 0.25]])
     assert outside.tolist() == [False, True, False] and no_area.tolist() == [False, False, True]
+
+
+@given(
+    st.integers(1, 4000),
+    st.integers(1, 4000),
+    st.lists(st.tuples(*[st.floats(0, 1)] * 4), min_size=1, max_size=20),
+)
+def test_boxes_inside_the_image_come_back(
+    width: int, height: int, fractions: list[tuple[float, ...]]
+) -> None:
+    # boxes inside a width x height image: x, y, w, h from fractions of what is left of the image
+    f = np.asarray(fractions)
+    x, y = f[:, 0] * width, f[:, 1] * height
+    w, h = f[:, 2] * (width - x), f[:, 3] * (height - y)
+    boxes = np.stack([x, y, w, h], axis=1)
+    yolo, outside, no_area = coco_boxes_to_yolo(boxes, np.tile([height, width], (len(f), 1)))
+    assert not outside.any() and ((yolo >= 0) & (yolo <= 1 + 1e-12)).all()
+    assert (
+        no_area == ((x + w <= x) | (y + h <= y))
+    ).all()  # no area as floats: a zero side, or one under x's ulp
+    back = np.stack(
+        [
+            (yolo[:, 0] - yolo[:, 2] / 2) * width,
+            (yolo[:, 1] - yolo[:, 3] / 2) * height,
+            yolo[:, 2] * width,
+            yolo[:, 3] * height,
+        ],
+        axis=1,
+    )
+    np.testing.assert_allclose(back, boxes, atol=1e-9 * max(width, height))
