@@ -22,6 +22,8 @@ from fusion.io import atomic_write_json, atomic_write_text
 
 __all__: list[str] = []
 
+INTEGRATIONS = ("clearml", "comet", "dvc", "mlflow", "raytune", "tensorboard", "wandb")
+
 
 def _trainer_class(threads: int) -> type:
     """ultralytics' DetectionTrainer with atomic checkpoints, safetensors beside them, and a finished marker."""
@@ -107,6 +109,11 @@ def _child_main(spec_path: Path) -> None:
         from detectors.ultralytics_detector import import_ultralytics
 
         import_ultralytics()
+        from ultralytics.utils import SETTINGS
+
+        # The settings file is this run's own (YOLO_CONFIG_DIR): no analytics, no experiment-tracker callbacks
+        # (ultralytics enables ClearML, Comet, DVC, MLflow and Ray Tune by default when they are installed).
+        SETTINGS.update({k: False for k in ("sync", *INTEGRATIONS)})
         if spec["mode"] == "finish":
             metrics = _finish(spec, save_dir)
         else:

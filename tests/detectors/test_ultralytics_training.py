@@ -178,6 +178,10 @@ def test_fit_end_to_end(data: dict[str, Path], tmp_path: Path) -> None:
         "imgsz": 128,
     }
     assert result["dataset"]["train"]["boxes"] == len(json.loads(data["train"].read_text())["annotations"])
+    settings = json.loads((out / "ultralytics_config" / "Ultralytics" / "settings.json").read_text())
+    # the run's own settings file, analytics and trackers off
+    assert not settings["sync"] and not settings["mlflow"] and not settings["clearml"]
+    assert (out / "ultralytics_config" / "Ultralytics" / "Arial.ttf").is_file()  # never downloaded
     # ultralytics' own validation of its best.pt gives the numbers fit() returned
     best = out / "ultralytics" / "weights" / "best.pt"
     metrics = YOLO(best).val(
