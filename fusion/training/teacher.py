@@ -31,22 +31,21 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fusion.classes import ClassMap
 from fusion.coco.annotations import CocoGroundTruth, load_annotations
 from fusion.coco.predictions import Predictions, read_jsonl
 from fusion.io import atomic_write_json
+from fusion.training.pseudo_labels import ThresholdChoice, choose_threshold, pseudo_targets
 from fusion.training.trainable import TrainTarget
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "EnsembleTeacher",
     "TeacherCache",
     "TeacherChangedError",
-    "ThresholdChoice",
-    "choose_threshold",
-    "pseudo_targets",
+    "prepare_teacher",
     "run_teacher",
     "teacher_fingerprint",
     "unlabeled_images",
@@ -285,99 +284,6 @@ def _fill(
     return missing
 
 
-@dataclass(frozen=True)
-class ThresholdChoice:
-    """The pseudo-label score threshold with the best F1 on labelled data.
-
-    Attributes:
-        threshold: Keep fused detections scoring ``>= threshold``.
-        f1 / precision / recall: At that threshold (IoU ``iou_thr``, same class, COCO's greedy matching).
-        iou_thr: The matching IoU.
-        num_gt: Non-crowd ground-truth boxes.
-    """
-
-    threshold: float
-    f1: float
-    precision: float
-    recall: float
-    iou_thr: float
-    num_gt: int
-
-
-def choose_threshold(predictions: Predictions, gt: CocoGroundTruth, iou_thr: float = 0.5) -> ThresholdChoice:
-    """The score cut with the best F1 of ``predictions`` against ``gt``; ties go to the highest cut.
-
-    Matching is COCO's greedy one (descending score), so cutting at ``t`` keeps every match made above ``t``:
-    one matching gives the TP and FP counts of every cut. Detections covering only crowd boxes are ignored.
-
-    Raises:
-        ValueError: no detections or no (non-crowd) ground-truth boxes to choose on.
-    """
-    from fusion.calibration.matching import ground_truth_from_coco, match_detections
-
-    truth = ground_truth_from_coco(gt.dataset, gt.class_map)
-    truths = [truth[int(i)] for i in gt.image_ids.tolist()]
-    num_gt = int(sum(int((~t.extras["iscrowd"]).sum()) for t in truths))
-    if len(predictions) == 0 or num_gt == 0:
-        raise ValueError(
-            f"{gt.source}: cannot choose a pseudo-label threshold with {len(predictions)} detections and "
-            f"{num_gt} ground-truth boxes"
-        )
-    dets = predictions.split_by_image(gt)
-    matches = match_detections(dets, truths, iou_thr)
-    scores = torch.cat([d.scores for d in dets]).double().numpy()
-    tp = torch.cat([m.is_tp for m in matches]).numpy()
-    counted = ~torch.cat([m.ignored for m in matches]).numpy()
-    scores, tp = scores[counted], tp[counted]
-    order = np.argsort(-scores, kind="stable")
-    scores, tp = scores[order], tp[order]
-    # A cut keeps whole groups of tied scores: evaluate at the last row of each group.
-    last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
-    tps = np.cumsum(tp)[last]
-    kept = last + 1
-    f1 = 2 * tps / (kept + num_gt)
-    best = int(np.argmax(f1))  # first maximum = highest cut
-    return ThresholdChoice(
-        threshold=float(scores[last[best]]),
-        f1=float(f1[best]),
-        precision=float(tps[best] / kept[best]),
-        recall=float(tps[best] / num_gt),
-        iou_thr=iou_thr,
-        num_gt=num_gt,
-    )
-
-
-def pseudo_targets(
-    predictions: Predictions, gt: CocoGroundTruth, class_map: ClassMap, threshold: float
-) -> dict[int, TrainTarget]:
-    """Cached fused detections -> one :class:`~fusion.training.trainable.TrainTarget` per image of ``gt``.
-
-    Each target holds the detections scoring ``>= threshold``: pixel xyxy float32 ``boxes``, int64 ``labels``
-    (indices of the job's ``class_map``, matched by class name) and float32 ``scores`` (the box weights of
-    score-weighted losses). Images without such detections get empty targets.
-
-    Raises:
-        ValueError: a kept detection's class is not in ``class_map`` (naming it).
-    """
-    table = gt.class_map.translation_to(class_map, strict=False)
-    kept = predictions.select(predictions.scores >= threshold)
-    out: dict[int, TrainTarget] = {}
-    for image_id, det in zip(gt.image_ids.tolist(), kept.split_by_image(gt)):
-        labels = table[det.labels]
-        if (labels < 0).any():
-            name = gt.class_map.names[int(det.labels[labels < 0][0])]
-            raise ValueError(
-                f"teacher detections of class {name!r} (image {image_id}) but the training vocabulary is "
-                f"{list(class_map.names)}"
-            )
-        out[int(image_id)] = {
-            "boxes": det.boxes.float().reshape(-1, 4),
-            "labels": labels.long(),
-            "scores": det.scores.float(),
-        }
-    return out
-
-
 def unlabeled_images(
     folder: str | Path, categories: Sequence[Mapping[str, Any]], first_id: int = 1
 ) -> CocoGroundTruth:
@@ -414,3 +320,71 @@ def unlabeled_images(
             }
         )
     return load_annotations({"images": images, "annotations": [], "categories": list(categories)})
+
+
+@dataclass
+class EnsembleTeacher:
+    """An ensemble teacher ready to supervise a student: cached fused detections per split and the threshold.
+
+    Attributes:
+        threshold: The pseudo-label threshold chosen on the validation split.
+        caches: ``{"val", "train", "unlabeled" (with an unlabelled folder)}`` -> the split's cache.
+        images: The same keys -> the split's images (and, but for ``unlabeled``, annotations).
+    """
+
+    threshold: ThresholdChoice
+    caches: dict[str, TeacherCache]
+    images: dict[str, CocoGroundTruth]
+
+    def targets(self, split: str, class_map: ClassMap) -> dict[int, TrainTarget]:
+        """``{image_id: TrainTarget}`` of ``split``'s teacher boxes at the threshold, labels in ``class_map``.
+
+        On ``train`` they are a second target set beside the ground truth (Teach-DETR); on ``unlabeled`` the
+        only targets.
+        """
+        if split not in self.caches:
+            raise KeyError(f"no teacher outputs for split {split!r}; have {sorted(self.caches)}")
+        return pseudo_targets(
+            self.caches[split].predictions, self.images[split], class_map, self.threshold.threshold
+        )
+
+
+def prepare_teacher(
+    config: Any,
+    out_dir: str | Path,
+    train: tuple[CocoGroundTruth, str | Path],
+    val: tuple[CocoGroundTruth, str | Path],
+    unlabeled: str | Path | None = None,
+    *,
+    iou_thr: float = 0.5,
+    **run_options: Any,
+) -> EnsembleTeacher:
+    """Run (or reuse) the teacher on the validation, training and unlabelled images under ``out_dir/teacher/``,
+    choose the pseudo-label threshold on validation and record it in every split's metadata.
+
+    Args:
+        config: Ensemble config.
+        out_dir: The run folder.
+        train / val: ``(annotations, image folder)`` of the labelled splits.
+        unlabeled: A folder of unlabelled images (ids continue after the training split's).
+        iou_thr: Matching IoU of the F1 threshold choice.
+        **run_options: :func:`run_teacher`'s keyword arguments (``device``, ``batch_size``, ...).
+    """
+    from fusion.config import EnsembleConfigBase, load_ensemble_config
+
+    cfg = config if isinstance(config, EnsembleConfigBase) else load_ensemble_config(config)
+    folder = Path(out_dir) / "teacher"
+    images = {"val": val[0], "train": train[0]}
+    dirs = {"val": val[1], "train": train[1]}
+    if unlabeled is not None:
+        first_id = int(train[0].image_ids.max()) + 1 if len(train[0]) else 1
+        images["unlabeled"] = unlabeled_images(unlabeled, train[0].dataset["categories"], first_id)
+        dirs["unlabeled"] = unlabeled
+    caches = {
+        split: run_teacher(cfg, images[split], dirs[split], folder / split, **run_options) for split in images
+    }
+    choice = choose_threshold(caches["val"].predictions, images["val"], iou_thr)
+    source = {"split": "val", "images": caches["val"].meta["fingerprint"]["images"]}
+    for cache in caches.values():
+        cache.record_threshold(choice, source)
+    return EnsembleTeacher(choice, caches, images)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import ClassVar, Literal
 
@@ -19,11 +18,11 @@ from fusion.coco.predictions import Predictions
 from fusion.ensemble import Ensemble
 from fusion.registry import DETECTORS
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
+from fusion.training.pseudo_labels import choose_threshold, pseudo_targets
 from fusion.training.teacher import (
     TeacherCache,
     TeacherChangedError,
-    choose_threshold,
-    pseudo_targets,
+    prepare_teacher,
     run_teacher,
     unlabeled_images,
 )
@@ -205,13 +204,23 @@ def test_unlabeled_folder_and_recorded_threshold(data: Path, tmp_path: Path) -> 
         unlabeled_images(_empty(tmp_path), categories)
 
     gt = load_annotations(data / "gt.json")
-    cache = run_teacher(_config(data), gt, data / "images", data / "val", verbose=False)
-    choice = choose_threshold(cache.predictions, gt)
-    cache.record_threshold(choice, {"split": "val"})
-    reloaded = TeacherCache.load(data / "val")
-    assert reloaded.threshold == choice.threshold and reloaded.meta["threshold"]["source"] == {"split": "val"}
-    assert 0 < choice.f1 <= 1 and reloaded.meta["complete"] and reloaded.meta["images"] == len(gt)
-    shutil.rmtree(data / "val")
+    split = (gt, data / "images")
+    teacher = prepare_teacher(_config(data), data / "run", split, split, folder, verbose=False)
+    choice = teacher.threshold
+    assert choice == choose_threshold(TeacherCache.load(data / "run" / "teacher" / "val").predictions, gt)
+    assert 0 < choice.threshold < 1 and 0 < choice.f1 <= 1
+    for name in ("val", "train", "unlabeled"):
+        meta = json.loads((data / "run" / "teacher" / name / "teacher.json").read_text())
+        assert meta["complete"] and meta["threshold"]["threshold"] == choice.threshold
+    targets = teacher.targets("train", gt.class_map)
+    scores = teacher.caches["train"].predictions.scores
+    assert sum(len(t["labels"]) for t in targets.values()) == int((scores >= choice.threshold).sum()) > 0
+    assert all(bool((t["scores"] >= choice.threshold).all()) for t in targets.values())
+    first = int(gt.image_ids.max()) + 1  # unlabelled ids continue after the labelled ones; no saved records
+    assert sorted(teacher.targets("unlabeled", gt.class_map)) == [first, first + 1]
+    CountedPredictions.calls = []
+    prepare_teacher(_config(data), data / "run", split, split, folder, verbose=False)
+    assert CountedPredictions.calls == []  # every split came from its cache
 
 
 def _empty(tmp_path: Path) -> Path:
