@@ -9,7 +9,8 @@ the student learns from:
 * on unlabelled images (``--unlabeled DIR``), as the only targets (pseudo-labels).
 
 Only detections scoring at least the pseudo-label threshold become targets; the threshold is the score cut with
-the best F1 at IoU 0.5 on labelled validation data (COCO's greedy matching, :mod:`fusion.calibration.matching`).
+the best F1 at IoU 0.5 on labelled validation data (:mod:`fusion.training.pseudo_labels`); :func:`prepare_teacher`
+runs the three splits and records it.
 
 Layout of a cache folder (e.g. ``runs/distill/<name>/teacher/train/``):
 
@@ -17,7 +18,8 @@ Layout of a cache folder (e.g. ``runs/distill/<name>/teacher/train/``):
   (:class:`~fusion.scoring.cache.MemberCache`: ``progress.json`` checkpoints what is on disk);
 * ``teacher.json``: ``fingerprint`` (SHA-256 of what the outputs depend on: the resolved ensemble config, the
   size and SHA-256 of every file it names — weights, saved predictions, calibrators, class lists —, the image
-  list and the code version), ``complete``, counts and, once chosen, ``threshold``.
+  list and the code version; ``sha256`` of all that, to quote), ``complete``, counts and, once chosen,
+  ``threshold``.
 
 A cache is reused only for the same fingerprint; otherwise the run is refused with what changed.
 """
@@ -100,7 +102,8 @@ def teacher_fingerprint(config: Any, gt: CocoGroundTruth) -> dict[str, Any]:
     images = hashlib.sha256(
         json.dumps([gt.image_ids.tolist(), gt.file_names, gt.sizes.tolist()]).encode()
     ).hexdigest()
-    return {"ensemble": ensemble, "files": files, "images": images, "code": __version__}
+    found = {"ensemble": ensemble, "files": files, "images": images, "code": __version__}
+    return {**found, "sha256": hashlib.sha256(json.dumps(found, sort_keys=True).encode()).hexdigest()}
 
 
 def fingerprint_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -384,7 +387,7 @@ def prepare_teacher(
         split: run_teacher(cfg, images[split], dirs[split], folder / split, **run_options) for split in images
     }
     choice = choose_threshold(caches["val"].predictions, images["val"], iou_thr)
-    source = {"split": "val", "images": caches["val"].meta["fingerprint"]["images"]}
+    source = {"split": "val", "teacher": caches["val"].meta["fingerprint"]["sha256"]}
     for cache in caches.values():
         cache.record_threshold(choice, source)
     return EnsembleTeacher(choice, caches, images)

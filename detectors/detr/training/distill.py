@@ -166,22 +166,16 @@ def pair_queries(
         classification: ``softmax`` or ``sigmoid``.
         matcher: Its ``cost_class`` / ``cost_bbox`` / ``cost_giou`` weigh the cost.
     """
-    batch, q_s = student["pred_logits"].shape[:2]
-    q_t = teacher["pred_logits"].shape[1]
+    batch = student["pred_logits"].shape[0]
     p_s, p_t = (_object_probs(out["pred_logits"], classification) for out in (student, teacher))
     b_s, b_t = student["pred_boxes"].float(), teacher["pred_boxes"].float()
-    giou = generalized_box_iou(
-        box_convert(b_s.flatten(0, 1), "cxcywh", "xyxy"), box_convert(b_t.flatten(0, 1), "cxcywh", "xyxy")
-    )
-    giou = giou.view(batch, q_s, batch, q_t).diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # [B, Qs, Qt]
-    cost = (
-        matcher.cost_class * -(p_s @ p_t.transpose(1, 2))
-        + matcher.cost_bbox * torch.cdist(b_s, b_t, p=1)
-        + matcher.cost_giou * -giou
-    ).cpu()
+    cost = matcher.cost_class * -(p_s @ p_t.transpose(1, 2)) + matcher.cost_bbox * torch.cdist(b_s, b_t, p=1)
     pairs = []
-    for c in cost:
-        rows, cols = linear_sum_assignment(c.numpy())
+    for image in range(batch):  # GIoU per image: [Qs, Qt], not the [B·Qs, B·Qt] of all images
+        giou = generalized_box_iou(
+            box_convert(b_s[image], "cxcywh", "xyxy"), box_convert(b_t[image], "cxcywh", "xyxy")
+        )
+        rows, cols = linear_sum_assignment((cost[image] - matcher.cost_giou * giou).cpu().numpy())
         pairs.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
     return pairs
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from detectors.detr import build_detr
 from detectors.detr.adapter import DetrMemberConfig
@@ -101,7 +103,8 @@ def test_every_term_is_zero_for_a_copy_and_positive_otherwise() -> None:
         assert set(other) == set(same) and all(float(v.detach()) > 1e-4 for v in other.values()), other
 
 
-def test_hungarian_pairing_undoes_a_permutation_of_the_teachers_queries() -> None:
+@pytest.mark.parametrize("classification", ["softmax", "sigmoid"])
+def test_hungarian_pairing_undoes_a_permutation_of_the_teachers_queries(classification: str) -> None:
     g = torch.Generator().manual_seed(0)
     reference = {
         "pred_logits": torch.randn(2, 5, 4, generator=g) * 3,
@@ -114,10 +117,12 @@ def test_hungarian_pairing_undoes_a_permutation_of_the_teachers_queries() -> Non
     perm = torch.tensor([3, 0, 4, 1, 2])
     permuted = {k: v[:, perm] for k, v in reference.items()}
     matcher = HungarianMatcher()
-    for rows, cols in pair_queries(student, permuted, "softmax", matcher):
+    for rows, cols in pair_queries(student, permuted, classification, matcher):
         assert torch.equal(rows, torch.arange(5)) and torch.equal(perm[cols], torch.arange(5))
-    identity = DetrDistiller(KDSettings(pairing="identity"), "softmax", matcher, 8, 8)(student, reference)
-    hungarian = DetrDistiller(KDSettings(), "softmax", matcher, 8, 8)(student, permuted)
+    identity = DetrDistiller(KDSettings(pairing="identity"), classification, matcher, 8, 8)(
+        student, reference
+    )
+    hungarian = DetrDistiller(KDSettings(), classification, matcher, 8, 8)(student, permuted)
     assert set(identity) == set(hungarian) == {"kd_class", "kd_bbox", "kd_giou"}
     for key, value in identity.items():
         assert float(value) > 0 and float(hungarian[key]) == pytest.approx(float(value), rel=1e-6)
@@ -152,7 +157,7 @@ def test_a_zero_weight_removes_its_term_and_its_gradient() -> None:
     expected = student.loss(images, targets)
     assert set(gt_only) == set(expected)
     for key, value in expected.items():
-        assert float(gt_only[key]) == pytest.approx(2 * float(value), rel=1e-5)
+        assert float(gt_only[key].detach()) == pytest.approx(2 * float(value.detach()), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -180,7 +185,7 @@ def test_each_term_falls_when_training_the_student_on_it(term: str) -> None:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        history.append(float(loss))
+        history.append(float(loss.detach()))
     assert math.isfinite(history[-1]) and history[-1] < 0.7 * history[0], history
 
 
@@ -211,3 +216,12 @@ class _Plain(Trainable):
 
     def export(self, out_dir, stem):  # type: ignore[no-untyped-def]
         return {}
+
+
+def test_example_config_settings_are_valid() -> None:
+    config = yaml.safe_load((Path(__file__).parents[3] / "configs/distill/detr_teacher.yaml").read_text())
+    settings = KDSettings.from_mapping(config["distill"])
+    assert settings.pairing == "identity" and settings.cls == 1.0 and settings.temperature == 2.0
+    teacher = _teacher(d_model=128, num_heads=8, dim_feedforward=512)
+    student = build_student(teacher, **config["student"]["cut"])
+    assert (student.config.enc_layers, student.config.dec_layers, student.config.num_heads) == (1, 1, 4)
