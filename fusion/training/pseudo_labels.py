@@ -40,8 +40,12 @@ class ThresholdChoice:
     num_gt: int
 
 
-def choose_threshold(predictions: Predictions, gt: CocoGroundTruth, iou_thr: float = 0.5) -> ThresholdChoice:
+def choose_threshold(
+    predictions: Predictions, gt: CocoGroundTruth, iou_thr: float = 0.5, fixed: float | None = None
+) -> ThresholdChoice:
     """The score cut with the best F1 of ``predictions`` against ``gt``; ties go to the highest cut.
+
+    With ``fixed``, no choice: the statistics of that cut (a threshold set in the config, recorded alike).
 
     Matching is COCO's greedy one (descending score), so cutting at ``t`` keeps every match made above ``t``:
     one matching gives the TP and FP counts of every cut. Detections covering only crowd boxes are ignored.
@@ -67,17 +71,22 @@ def choose_threshold(predictions: Predictions, gt: CocoGroundTruth, iou_thr: flo
     scores, tp = scores[counted], tp[counted]
     order = np.argsort(-scores, kind="stable")
     scores, tp = scores[order], tp[order]
+    if fixed is not None:  # the statistics of a given cut (scores are sorted: a prefix is kept)
+        kept_at = int((scores >= fixed).sum())
+        return _choice(float(fixed), int(tp[:kept_at].sum()), kept_at, num_gt, iou_thr)
     # A cut keeps whole groups of tied scores: evaluate at the last row of each group.
     last = np.flatnonzero(np.append(scores[1:] != scores[:-1], True))
     tps = np.cumsum(tp)[last]
-    kept = last + 1
-    f1 = 2 * tps / (kept + num_gt)
-    best = int(np.argmax(f1))  # first maximum = highest cut
+    best = int(np.argmax(2 * tps / (last + 1 + num_gt)))  # first maximum = highest cut
+    return _choice(float(scores[last[best]]), int(tps[best]), int(last[best]) + 1, num_gt, iou_thr)
+
+
+def _choice(threshold: float, tp: int, kept: int, num_gt: int, iou_thr: float) -> ThresholdChoice:
     return ThresholdChoice(
-        threshold=float(scores[last[best]]),
-        f1=float(f1[best]),
-        precision=float(tps[best] / kept[best]),
-        recall=float(tps[best] / num_gt),
+        threshold=threshold,
+        f1=2 * tp / (kept + num_gt),
+        precision=tp / kept if kept else 0.0,
+        recall=tp / num_gt,
         iou_thr=iou_thr,
         num_gt=num_gt,
     )

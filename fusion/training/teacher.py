@@ -21,7 +21,9 @@ Layout of a cache folder (e.g. ``runs/distill/<name>/teacher/train/``):
   list and the code version; ``sha256`` of all that, to quote), ``complete``, counts and, once chosen,
   ``threshold``.
 
-A cache is reused only for the same fingerprint; otherwise the run is refused with what changed.
+A cache is reused only for the same fingerprint; otherwise the run is refused with what changed. One process
+writes a cache: under ``torchrun`` run the teacher on rank 0 before training, then every rank reads the complete
+cache (a second :func:`run_teacher` call returns it without starting the members).
 """
 
 from __future__ import annotations
@@ -360,6 +362,7 @@ def prepare_teacher(
     unlabeled: str | Path | None = None,
     *,
     iou_thr: float = 0.5,
+    threshold: float | None = None,
     **run_options: Any,
 ) -> EnsembleTeacher:
     """Run (or reuse) the teacher on the validation, training and unlabelled images under ``out_dir/teacher/``,
@@ -371,6 +374,7 @@ def prepare_teacher(
         train / val: ``(annotations, image folder)`` of the labelled splits.
         unlabeled: A folder of unlabelled images (ids continue after the training split's).
         iou_thr: Matching IoU of the F1 threshold choice.
+        threshold: A set pseudo-label threshold instead of the best-F1 one (its validation F1 is recorded).
         **run_options: :func:`run_teacher`'s keyword arguments (``device``, ``batch_size``, ...).
     """
     from fusion.config import EnsembleConfigBase, load_ensemble_config
@@ -386,7 +390,7 @@ def prepare_teacher(
     caches = {
         split: run_teacher(cfg, images[split], dirs[split], folder / split, **run_options) for split in images
     }
-    choice = choose_threshold(caches["val"].predictions, images["val"], iou_thr)
+    choice = choose_threshold(caches["val"].predictions, images["val"], iou_thr, fixed=threshold)
     source = {"split": "val", "teacher": caches["val"].meta["fingerprint"]["sha256"]}
     for cache in caches.values():
         cache.record_threshold(choice, source)

@@ -173,6 +173,11 @@ def test_threshold_is_the_best_f1_cut_by_hand_and_becomes_score_weighted_targets
     assert choice.threshold == 0.6 and choice.f1 == pytest.approx(0.75)
     assert choice.precision == pytest.approx(3 / 5) and choice.recall == 1.0 and choice.num_gt == 3
 
+    fixed = choose_threshold(preds, gt, fixed=0.65)  # keeps 0.9, 0.8, 0.7: TP 2 of 3 kept
+    assert (fixed.threshold, fixed.f1, fixed.precision, fixed.recall) == pytest.approx(
+        (0.65, 4 / 6, 2 / 3, 2 / 3)
+    )
+
     job = ClassMap(["dog", "cat"])  # another order than the file's categories: by name
     targets = pseudo_targets(preds, gt, job, choice.threshold)
     assert set(targets) == {1, 2}
