@@ -12,6 +12,7 @@ A plugin returns a :class:`Trainable` from ``Detector.trainable(config, class_ma
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypedDict
@@ -110,6 +111,31 @@ class Trainable(ABC):
             The member-config fields (``type``, ``model``, ``weights``, ...) that load them back as an
             ensemble member, paths relative to ``out_dir``.
         """
+
+    def distill_modules(self, teacher: Trainable, weights: Mapping[str, Any]) -> nn.Module:
+        """Modules that distillation from ``teacher`` trains beside :attr:`model` (e.g. a feature adapter).
+
+        The distillation trainer calls this once, before it builds the optimiser, adds the returned module's
+        parameters to it and keeps its ``state_dict`` in the checkpoint. Default: an empty module.
+        """
+        return nn.Module()
+
+    def distill_loss(
+        self, images: list[Tensor], targets: list[TrainTarget], teacher: Trainable, weights: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """Named scalar losses of one batch distilled from ``teacher`` (optional; in-loop plugins only).
+
+        The student's own loss on ``targets`` plus the plugin's knowledge-distillation terms, each already
+        multiplied by its weight; the trainer minimises their sum. The teacher runs in eval mode without
+        gradients on the same batch.
+
+        Args:
+            images / targets: As for :meth:`loss`.
+            teacher: A trained :class:`Trainable` of a kind the plugin can distill from.
+            weights: Named weights of each term and the plugin's distillation options (e.g. DETR's
+                ``temperature``, ``pairing``); unknown names are refused.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no teacher distillation (distill_loss)")
 
     def fit(self, job: ExternalTrainJob) -> dict[str, Any]:
         """Train with the plugin's own loop; returns metrics and the member-config fields of the best weights."""

@@ -15,6 +15,7 @@ names, so the member loads back with no ``classes`` setting.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +32,7 @@ from ..model import DETR, PRESETS, build_detr
 from ..postprocess import postprocess
 from ..preprocess import nested_batch, resize_shorter_side
 from .criterion import SetCriterion
+from .distill import DetrDistiller, KDSettings, capture_memory
 from .matcher import HungarianMatcher
 
 if TYPE_CHECKING:
@@ -116,6 +118,7 @@ class DetrTrainable(Trainable):
         self.criterion = criterion.to(self.device)
         self.class_map = class_map
         self.member = member
+        self._distiller: tuple[tuple[int, KDSettings], DetrDistiller] | None = None
 
     def loss(self, images: list[Tensor], targets: list[TrainTarget]) -> dict[str, Tensor]:
         """Weighted set-criterion losses (``loss_ce``, ``loss_bbox``, ``loss_giou``, their ``_<i>`` aux copies,
@@ -132,6 +135,79 @@ class DetrTrainable(Trainable):
         self.criterion.train()
         outputs = self.model(batch, mask)
         return self.criterion.weighted(self.criterion(outputs, self._normalised_targets(images, targets)))
+
+    def distill_modules(self, teacher: Trainable, weights: Mapping[str, Any]) -> nn.Module:
+        """The :class:`~detectors.detr.training.distill.DetrDistiller` for ``teacher`` (its feature adapter, if
+        any, trains with the student: add its parameters to the optimiser)."""
+        settings = KDSettings.from_mapping(weights, where=f"member {self.member.name!r}: distill")
+        teacher_model = self._teacher_model(teacher)
+        distiller = DetrDistiller(
+            settings,
+            _classification(self.model),
+            self.criterion.matcher,
+            self.model.config.d_model,
+            teacher_model.config.d_model,
+        ).to(self.device)
+        self._distiller = ((id(teacher_model), settings), distiller)
+        return distiller
+
+    def distill_loss(
+        self, images: list[Tensor], targets: list[TrainTarget], teacher: Trainable, weights: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """Weighted set-criterion losses on ``targets`` (times ``gt``; none when ``gt`` is 0) plus the KD terms
+        of :mod:`detectors.detr.training.distill` against ``teacher`` (a DETR of the same vocabulary)."""
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        settings = KDSettings.from_mapping(weights, where=f"member {self.member.name!r}: distill")
+        teacher_model = self._teacher_model(teacher)
+        if self._distiller is None or self._distiller[0] != (id(teacher_model), settings):
+            if settings.feature > 0 and self.model.config.d_model != teacher_model.config.d_model:
+                raise ValueError(
+                    f"member {self.member.name!r}: feature imitation between widths {self.model.config.d_model} "
+                    f"and {teacher_model.config.d_model} trains an adapter: call distill_modules(teacher, "
+                    "weights) first and add its parameters to the optimiser"
+                )
+            self.distill_modules(teacher, weights)
+        assert self._distiller is not None
+        distiller = self._distiller[1]
+        batch, mask = nested_batch(images)
+        teacher_model.eval()
+        with torch.no_grad(), capture_memory(teacher_model, settings.feature > 0) as teacher_memory:
+            teacher_out = teacher_model(batch, mask)
+        self.model.train()
+        self.criterion.train()
+        distiller.train()
+        with capture_memory(self.model, settings.feature > 0) as student_memory:
+            outputs = self.model(batch, mask)
+        losses: dict[str, Tensor] = {}
+        if settings.gt > 0:
+            gt = self.criterion(outputs, self._normalised_targets(images, targets))
+            losses.update({k: v * settings.gt for k, v in self.criterion.weighted(gt).items()})
+        losses.update(distiller(outputs, teacher_out, student_memory, teacher_memory))
+        return losses
+
+    def _teacher_model(self, teacher: Trainable) -> DETR:
+        """The teacher's DETR after checking it can teach this student (same vocabulary, classification)."""
+        where = f"member {self.member.name!r}: distill"
+        if not isinstance(teacher, DetrTrainable):
+            raise TypeError(
+                f"{where}: a DETR student learns from a DETR teacher, got {type(teacher).__name__}"
+            )
+        model = teacher.model
+        if model.config.num_classes != self.model.config.num_classes:
+            raise ValueError(
+                f"{where}: teacher has {model.config.num_classes} classes, student {self.model.config.num_classes}"
+            )
+        if _classification(model) != _classification(self.model):
+            raise ValueError(
+                f"{where}: teacher classification {_classification(model)!r} but student "
+                f"{_classification(self.model)!r}"
+            )
+        if next(model.parameters()).device != self.device:
+            raise ValueError(
+                f"{where}: teacher is on {next(model.parameters()).device}, student on {self.device}"
+            )
+        return model
 
     @staticmethod
     def _normalised_targets(images: list[Tensor], targets: list[TrainTarget]) -> list[dict[str, Tensor]]:
@@ -180,3 +256,8 @@ class DetrTrainable(Trainable):
             "max_size": cfg.max_size,
             "bf16": cfg.bf16,
         }
+
+
+def _classification(model: nn.Module) -> str:
+    """``softmax`` (DETR's CE with no-object) or ``sigmoid`` (focal; the fast DETR's option)."""
+    return getattr(model.config, "classification", "softmax")
