@@ -35,9 +35,9 @@ import torch
 import yaml
 
 from fusion.classes import ClassMap
+from fusion.coco.annotations import CocoGroundTruth, load_annotations
+from fusion.coco.predictions import Predictions, load_predictions
 from fusion.io import atomic_write_json, atomic_write_text
-from fusion.scoring.annotations import CocoGroundTruth, load_annotations
-from fusion.scoring.predictions import Predictions, load_predictions
 
 __all__ = [
     "IMAGE_SUFFIXES",
