@@ -112,7 +112,7 @@ def score(
     from fusion.scoring.cache import MemberCache
     from fusion.scoring.calibration import Calibration
     from fusion.scoring.dataset import make_loader
-    from fusion.scoring.distributed import init_distributed
+    from fusion.distributed import init_distributed
     from fusion.scoring.evaluate import resolve_backend
     from fusion.scoring.fuse_files import fuse_and_evaluate, policy_description
     from fusion.scoring.report import format_run, write_run
