@@ -23,6 +23,7 @@ COMMAND_MODULES = (
     "fusion.cli.tune",
     "fusion.cli.calibrate",
     "fusion.cli.demo",
+    "fusion.cli.train",
 )
 
 
