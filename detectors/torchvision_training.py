@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from detectors.torchvision_detector import TorchvisionConfig, _WEIGHT_FILE_SUFFIXES, build_model
+from detectors.torchvision_detector import _WEIGHT_FILE_SUFFIXES, TorchvisionConfig, build_model
 from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.io import atomic_write_bytes, atomic_write_yaml
@@ -79,6 +79,8 @@ class TorchvisionTrainable(Trainable):
         state = {key: value.detach().cpu().contiguous() for key, value in self.model.state_dict().items()}
         atomic_write_bytes(Path(out_dir) / f"{stem}.safetensors", save(state))
         ids = range(1, len(self.class_map) + 1)
-        atomic_write_yaml(Path(out_dir) / f"{stem}.classes.yaml", {"names": dict(zip(ids, self.class_map.names))})
+        atomic_write_yaml(
+            Path(out_dir) / f"{stem}.classes.yaml", {"names": dict(zip(ids, self.class_map.names))}
+        )
         fields = self.config.model_dump(mode="json", exclude={"name", "drop_classes"})
         return {**fields, "weights": f"{stem}.safetensors", "classes": f"{stem}.classes.yaml"}

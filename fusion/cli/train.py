@@ -20,8 +20,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "runs/train/<name>/weights/{best,last}.safetensors with the member YAML that loads them back. Items of "
         "the form dotted.path=value override the config.",
     )
-    parser.add_argument("--config", default=None, help="training config YAML (or a shipped configs/train name)")
-    parser.add_argument("--resume", default=None, metavar="RUN", help="continue runs/train/<name> from its checkpoint")
+    parser.add_argument(
+        "--config", default=None, help="training config YAML (or a shipped configs/train name)"
+    )
+    parser.add_argument(
+        "--resume", default=None, metavar="RUN", help="continue runs/train/<name> from its checkpoint"
+    )
     parser.add_argument("--name", default=None, help="run name (default: the config's name)")
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
     parser.add_argument("--project", default="runs", help="root folder of runs (default: runs)")
@@ -38,12 +42,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("give either --config C (a new run) or --resume runs/train/<name>")
     overrides = list(args.overrides)
     if args.resume is not None and (overrides or args.name or args.device):
-        raise ValueError("--resume continues a run with its own config.yaml: no overrides, --name or --device")
+        raise ValueError(
+            "--resume continues a run with its own config.yaml: no overrides, --name or --device"
+        )
     if args.name is not None:
         overrides.append(f"name={args.name}")
     if args.device is not None:
         overrides.append(f"device={args.device}")
     summary = train(args.config, overrides, root=args.project, resume=args.resume)
     if summary is not None:
-        print(f"best {summary['best']:.4f} (epoch {summary['best_epoch']}) -> {summary['out']}/weights/best.yaml")
+        print(
+            f"best {summary['best']:.4f} (epoch {summary['best_epoch']}) -> {summary['out']}/weights/best.yaml"
+        )
     return 0

@@ -107,12 +107,12 @@ def score(
     from tqdm.auto import tqdm
 
     from fusion.config import EnsembleConfigBase, load_ensemble_config
+    from fusion.distributed import init_distributed
     from fusion.ensemble import Ensemble
     from fusion.io import run_dir
     from fusion.scoring.cache import MemberCache
     from fusion.scoring.calibration import Calibration
     from fusion.scoring.dataset import make_loader
-    from fusion.distributed import init_distributed
     from fusion.scoring.evaluate import resolve_backend
     from fusion.scoring.fuse_files import fuse_and_evaluate, policy_description
     from fusion.scoring.report import format_run, write_run

@@ -25,12 +25,24 @@ from fusion.scoring.annotations import CocoGroundTruth
 from fusion.training.config import AugmentConfig
 from fusion.training.trainable import TrainTarget
 
-__all__ = ["CocoTrainDataset", "EpochSampler", "build_augment", "collate_train", "item_seed", "make_train_loader"]
+__all__ = [
+    "CocoTrainDataset",
+    "EpochSampler",
+    "build_augment",
+    "collate_train",
+    "item_seed",
+    "make_train_loader",
+]
 
 
 def item_seed(seed: int, epoch: int, index: int) -> int:
     """A well-mixed 63-bit seed of one image's augmentation in one epoch."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32).view(np.uint64)[0]) >> 1
+    return (
+        int(
+            np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32).view(np.uint64)[0]
+        )
+        >> 1
+    )
 
 
 def build_augment(config: AugmentConfig, image_size: int) -> Any:
@@ -149,7 +161,9 @@ class EpochSampler(Sampler):
         return len(self.inner) - self.skip
 
 
-def collate_train(items: list[tuple[Tensor, TrainTarget, int]]) -> tuple[list[Tensor], list[TrainTarget], list[int]]:
+def collate_train(
+    items: list[tuple[Tensor, TrainTarget, int]],
+) -> tuple[list[Tensor], list[TrainTarget], list[int]]:
     """Lists of images (sizes differ: the plugin pads), targets and image ids."""
     images, targets, ids = zip(*items) if items else ((), (), ())
     return list(images), list(targets), list(ids)

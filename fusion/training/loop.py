@@ -91,7 +91,8 @@ def train(
                 config
                 if isinstance(config, TrainConfigBase) and not overrides
                 else load_train_config(
-                    config.model_dump(mode="json") if isinstance(config, TrainConfigBase) else config, overrides
+                    config.model_dump(mode="json") if isinstance(config, TrainConfigBase) else config,
+                    overrides,
                 )
             )
             from fusion.io import run_dir
@@ -156,7 +157,7 @@ def _train(cfg: TrainConfigBase, out: Path, dist: DistContext, resuming: bool, v
     return summary if dist.is_main else None
 
 
-def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val) -> _Run:  # noqa: ANN001
+def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val) -> _Run:
     from fusion.training.data import CocoTrainDataset, EpochSampler, build_augment, make_train_loader
 
     loop = cfg.train
@@ -212,7 +213,12 @@ def _loop(run: _Run, verbose: bool) -> None:
                 run.step += 1
                 run.epoch_step += 1
                 if run.dist.is_main and run.step % run.cfg.train.log_every == 0:
-                    record = {"kind": "step", "epoch": run.epoch, "step": run.step, "loss": sum(losses.values())}
+                    record = {
+                        "kind": "step",
+                        "epoch": run.epoch,
+                        "step": run.step,
+                        "loss": sum(losses.values()),
+                    }
                     record |= {"losses": losses, "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0]}
                     _log(run, record)
                 progress.set_postfix(loss=f"{sum(losses.values()):.4f}", epoch=run.epoch + 1, refresh=False)
@@ -222,14 +228,14 @@ def _loop(run: _Run, verbose: bool) -> None:
             _end_epoch(run, progress)
 
 
-def _step(run: _Run, images: list[Tensor], targets: list[dict[str, Tensor]]) -> tuple[dict[str, float], float]:
+def _step(
+    run: _Run, images: list[Tensor], targets: list[dict[str, Tensor]]
+) -> tuple[dict[str, float], float]:
     """One optimiser step; returns the losses (averaged over ranks) and the gradient norm before clipping."""
     device = run.device
     images = [image.to(device, non_blocking=True) for image in images]
     targets = [{key: value.to(device, non_blocking=True) for key, value in t.items()} for t in targets]
-    autocast = (
-        torch.autocast(device.type, dtype=run.amp) if run.amp is not None else contextlib.nullcontext()
-    )
+    autocast = torch.autocast(device.type, dtype=run.amp) if run.amp is not None else contextlib.nullcontext()
     with autocast:
         losses = run.trainable.loss(images, targets)  # type: ignore[arg-type]
     total = sum(losses.values())
@@ -272,7 +278,9 @@ def _all_reduce_grads(params: list[Tensor], dist: DistContext) -> None:
 def _end_epoch(run: _Run, progress: Any) -> None:
     loop = run.cfg.train
     last = run.epoch + 1 == loop.epochs
-    evaluate = run.val is not None and loop.eval_every > 0 and ((run.epoch + 1) % loop.eval_every == 0 or last)
+    evaluate = (
+        run.val is not None and loop.eval_every > 0 and ((run.epoch + 1) % loop.eval_every == 0 or last)
+    )
     ema_state = run.ema.module.state_dict() if run.ema is not None else None
     with st.swapped_weights(run.trainable.model, ema_state):
         stats = _evaluate(run) if evaluate else None
@@ -377,7 +385,7 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
 
-def _fit_external(cfg, out, trainable, class_map, device, dist, resuming) -> dict | None:  # noqa: ANN001
+def _fit_external(cfg, out, trainable, class_map, device, dist, resuming) -> dict | None:
     """Own-loop plugins (ultralytics): hand over the data and the run folder; rank 0 only."""
     from fusion.training.trainable import ExternalTrainJob
 

@@ -106,7 +106,9 @@ class ToyTrainable(Trainable):
             h, w = im.shape[1:]
             scale = torch.tensor([w, h, w, h], dtype=torch.float32)
             xyxy = torch.cat([box[i, :2] - box[i, 2:] / 2, box[i, :2] + box[i, 2:] / 2]).clamp(0, 1) * scale
-            dets.append(Detections(xyxy[None], scores[i : i + 1], labels[i : i + 1], (h, w), check_values=False))
+            dets.append(
+                Detections(xyxy[None], scores[i : i + 1], labels[i : i + 1], (h, w), check_values=False)
+            )
         return dets
 
     def export(self, out_dir: Path, stem: str) -> dict[str, Any]:
@@ -124,7 +126,9 @@ class ToyDetector(Detector):
     def trainable(cls, config: ToyConfig, class_map: Any, device: Any) -> Trainable:
         return ToyTrainable(config, class_map, device)
 
-    def predict(self, batch: ImageBatch) -> list[Detections]:  # pragma: no cover - not an ensemble member here
+    def predict(
+        self, batch: ImageBatch
+    ) -> list[Detections]:  # pragma: no cover - not an ensemble member here
         raise NotImplementedError
 
 
