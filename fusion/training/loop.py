@@ -175,7 +175,7 @@ def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val) -
     steps_per_epoch = math.ceil(len(sampler) / per_rank)
     trainable.model.to(device).train()
     optimizer = st.build_optimizer(trainable.model, loop)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, st.Schedule(loop, steps_per_epoch))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, st.lr_schedule(loop, steps_per_epoch))
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}.get(loop.amp)
     if loop.amp == "auto":
         amp = torch.bfloat16 if device.type == "cuda" else None

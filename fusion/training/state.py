@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,11 +22,11 @@ from fusion.io import atomic_write_bytes
 from fusion.training.config import LoopConfig
 
 __all__ = [
-    "Schedule",
     "build_ema",
     "build_optimizer",
     "get_rng_state",
     "load_checkpoint",
+    "lr_schedule",
     "save_checkpoint",
     "set_rng_state",
     "swapped_weights",
@@ -58,29 +58,28 @@ def build_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
     )
 
 
-class Schedule:
+def lr_schedule(config: LoopConfig, steps_per_epoch: int) -> Callable[[int], float]:
     """LR factor of a step: linear warmup, then cosine to ``min_lr_ratio`` or ``gamma`` at milestone epochs.
+
+    A plain function (not a callable object), so ``LambdaLR.state_dict`` stores no config in checkpoints.
 
     Args:
         config: The loop settings.
         steps_per_epoch: Optimiser steps in one epoch.
     """
+    total = max(config.epochs * steps_per_epoch, 1)
+    start = min(config.warmup_steps, total - 1)
 
-    def __init__(self, config: LoopConfig, steps_per_epoch: int) -> None:
-        self.config = config
-        self.steps_per_epoch = steps_per_epoch
-        self.total = max(config.epochs * steps_per_epoch, 1)
+    def factor(step: int) -> float:
+        warm = min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else 1.0
+        if config.schedule == "step":
+            return warm * config.gamma ** sum(step >= m * steps_per_epoch for m in config.milestones)
+        progress = min(max(step - start, 0) / max(total - start, 1), 1.0)
+        return warm * (
+            config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        )
 
-    def __call__(self, step: int) -> float:
-        cfg = self.config
-        warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        if cfg.schedule == "step":
-            passed = sum(step >= m * self.steps_per_epoch for m in cfg.milestones)
-            return warm * cfg.gamma**passed
-        start = min(cfg.warmup_steps, self.total - 1)
-        progress = min(max(step - start, 0) / max(self.total - start, 1), 1.0)
-        cosine = cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-        return warm * cosine
+    return factor
 
 
 def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
