@@ -32,7 +32,7 @@ class TorchvisionTrainable(Trainable):
 
     Args:
         config: The member config (``weights`` must be ``null`` or a local file; ``classes`` is replaced by the
-            job's vocabulary).
+            job's vocabulary; Faster R-CNN's ``proposals`` also caps training proposals and sampled RoIs).
         class_map: The job's vocabulary (the training annotations' categories).
         device: Where the model trains.
 
@@ -51,6 +51,14 @@ class TorchvisionTrainable(Trainable):
         self.config = config
         self.class_map = class_map
         self.model = build_model(config, num_classes=len(class_map) + 1).to(device).train()
+        if config.proposals is not None and hasattr(self.model, "rpn"):
+            # The member's proposal budget applies in training too, and bounds the RoIs sampled per image: the
+            # box head runs on every sampled RoI, the bulk of a Faster R-CNN step on small images.
+            rpn = self.model.rpn
+            rpn._post_nms_top_n["training"] = config.proposals
+            rpn._pre_nms_top_n["training"] = max(config.proposals, rpn._pre_nms_top_n["testing"])
+            sampler = self.model.roi_heads.fg_bg_sampler
+            sampler.batch_size_per_image = min(sampler.batch_size_per_image, config.proposals)
 
     def loss(self, images: list[Tensor], targets: list[TrainTarget]) -> dict[str, Tensor]:
         """torchvision's own losses in train mode (e.g. ``loss_classifier``, ``loss_box_reg``, ``loss_objectness``).

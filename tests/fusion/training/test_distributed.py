@@ -43,9 +43,18 @@ def _run(tmp: Path, config: dict, root: Path, ranks: int) -> None:
         "CUDA_VISIBLE_DEVICES": "",
         "FUSION_DIST_BACKEND": "gloo",
     }
-    launcher = ["-m", "torch.distributed.run", "--nproc_per_node", str(ranks), "--master_port", str(_free_port())]
+    launcher = [
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(ranks),
+        "--master_port",
+        str(_free_port()),
+    ]
     command = [sys.executable, *(launcher if ranks > 1 else []), str(script), json.dumps(config), str(root)]
-    result = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=300, check=False)
+    result = subprocess.run(
+        command, env=env, cwd=tmp, capture_output=True, text=True, timeout=300, check=False
+    )
     assert result.returncode == 0, result.stderr[-3000:]
 
 
@@ -57,7 +66,9 @@ def _records(run: Path, kind: str) -> list[dict]:
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", 12, seed=5)  # 3 global batches of 4 per epoch, 2 images per rank
-    config = toy_config(tmp_path / "data", epochs=2, clip_grad=0.0)  # unclipped: the gradient norm is compared raw
+    config = toy_config(
+        tmp_path / "data", epochs=2, clip_grad=0.0
+    )  # unclipped: the gradient norm is compared raw
     _run(tmp_path, config, tmp_path / "one", ranks=1)
     _run(tmp_path, config, tmp_path / "two", ranks=2)
     one, two = tmp_path / "one" / "train" / "toy", tmp_path / "two" / "train" / "toy"
