@@ -52,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
     summary = train(args.config, overrides, root=args.project, resume=args.resume)
     if summary is not None:
         print(
-            f"best {summary['best']:.4f} (epoch {summary['best_epoch']}) -> {summary['out']}/weights/best.yaml"
+            f"best {summary['best']:.4f} (epoch {summary['best_epoch']}) -> {summary['out']}/weights/best.member.yaml"
         )
     return 0

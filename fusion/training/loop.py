@@ -3,7 +3,7 @@
 Outputs under ``runs/train/<name>/`` (rank 0 writes, every file atomically): ``config.yaml`` (resolved),
 ``classes.yaml`` (the job's vocabulary), ``checkpoint.pt`` (every ``train.checkpoint_every`` steps and at each epoch
 end), ``metrics.jsonl`` (``step`` and ``eval`` records), ``results.png``, and ``weights/{last,best}.safetensors``
-with ``weights/{last,best}.yaml`` (the member config that loads them back into an ensemble).
+with ``weights/{last,best}.member.yaml`` (the member config that loads them back into an ensemble).
 
 Under ``torchrun`` every rank computes the gradients of its share of the global batch and the gradients are
 averaged with one all-reduce before clipping (the data-parallel rule ``DistributedDataParallel`` applies; done
@@ -316,7 +316,7 @@ def _evaluate(run: _Run) -> dict[str, float]:
 
 
 def _export(run: _Run, stem: str) -> None:
-    """``weights/<stem>.*`` through the plugin, and ``weights/<stem>.yaml``: the member config that loads them."""
+    """``weights/<stem>.*`` through the plugin, and ``weights/<stem>.member.yaml``: the member config loading them."""
     folder = run.out / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     fields = run.trainable.export(folder, stem)
@@ -325,7 +325,7 @@ def _export(run: _Run, stem: str) -> None:
     for key, value in fields.items():
         is_file = isinstance(value, str) and value and (folder / value).is_file()
         member[key] = str(folder / value) if is_file else value
-    atomic_write_yaml(folder / f"{stem}.yaml", member)
+    atomic_write_yaml(folder / f"{stem}.member.yaml", member)
 
 
 def _log(run: _Run, record: dict[str, Any]) -> None:

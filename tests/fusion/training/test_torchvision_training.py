@@ -31,6 +31,7 @@ def _member(**fields: object) -> TorchvisionConfig:
     return TorchvisionConfig(**{**base, **fields})
 
 
+@pytest.mark.slow
 def test_losses_are_torchvisions_and_labels_shift_past_background(data: Path) -> None:
     class_map = load_annotations(data / "annotations.json").class_map
     trainable = TorchvisionDetector.trainable(_member(), class_map, torch.device("cpu"))
@@ -61,6 +62,7 @@ def test_named_weights_are_refused(data: Path) -> None:
         TorchvisionDetector.trainable(_member(weights="DEFAULT"), class_map, torch.device("cpu"))
 
 
+@pytest.mark.slow
 def test_export_loads_back_as_member_with_identical_detections(data: Path, tmp_path: Path) -> None:
     class_map = load_annotations(data / "annotations.json").class_map
     torch.manual_seed(1)
@@ -121,7 +123,7 @@ def test_fusion_train_cli_then_fusion_score_the_trained_member(
     assert [r["epoch"] for r in evals] == [1, 2]
     assert (run / "results.png").stat().st_size > 0
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] == 2
-    member = yaml.safe_load((run / "weights" / "last.yaml").read_text())
+    member = yaml.safe_load((run / "weights" / "last.member.yaml").read_text())
     assert member["type"] == "torchvision" and Path(member["weights"]).is_file()
     ensemble = {"name": "trained", "classes": str(run / "classes.yaml"), "device": "cpu", "members": [member]}
     metrics = score(ensemble, data / "annotations.json", data / "images", root=tmp_path, plots=False,
