@@ -50,8 +50,9 @@ def run(args: argparse.Namespace) -> int:
     if args.device is not None:
         overrides.append(f"device={args.device}")
     summary = train(args.config, overrides, root=args.project, resume=args.resume)
-    if summary is not None:
-        print(
-            f"best {summary['best']:.4f} (epoch {summary['best_epoch']}) -> {summary['out']}/weights/best.member.yaml"
-        )
+    if summary is not None and "best" in summary:
+        where = f"{summary['out']}/weights/best.member.yaml"
+        print(f"best {summary['best']:.4f} (epoch {summary['best_epoch']}) -> {where}")
+    elif summary is not None:
+        print(f"trained -> {summary['out']}")
     return 0

@@ -320,12 +320,16 @@ def _export(run: _Run, stem: str) -> None:
     folder = run.out / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     fields = run.trainable.export(folder, stem)
-    # The plugin names its files relative to `folder`; the YAML names them as seen from the working directory.
-    member = {"name": run.cfg.model.name}
+    _write_member(folder, folder / f"{stem}.member.yaml", run.cfg.model.name, fields)
+
+
+def _write_member(base: Path, path: Path, name: str, fields: dict[str, Any]) -> None:
+    """The member config YAML; the plugin names its files relative to ``base``, the YAML from the working dir."""
+    member: dict[str, Any] = {"name": name}
     for key, value in fields.items():
-        is_file = isinstance(value, str) and value and (folder / value).is_file()
-        member[key] = str(folder / value) if is_file else value
-    atomic_write_yaml(folder / f"{stem}.member.yaml", member)
+        is_file = isinstance(value, str) and value and (base / value).is_file()
+        member[key] = str(base / value) if is_file else value
+    atomic_write_yaml(path, member)
 
 
 def _log(run: _Run, record: dict[str, Any]) -> None:
@@ -410,4 +414,6 @@ def _fit_external(cfg, out, trainable, class_map, device, dist, resuming) -> dic
     )
     result = trainable.fit(job)
     atomic_write_text(out / "fit_result.json", json.dumps(result, indent=2, default=str) + "\n")
+    if isinstance(result.get("member"), dict):
+        _write_member(out, out / "weights" / "best.member.yaml", cfg.model.name, result["member"])
     return {"out": str(out), **result}

@@ -112,5 +112,11 @@ class Trainable(ABC):
         """
 
     def fit(self, job: ExternalTrainJob) -> dict[str, Any]:
-        """Train with the plugin's own loop; returns metrics and the member-config fields of the best weights."""
+        """Train with the plugin's own loop.
+
+        Returns:
+            ``{"metrics": {...}, "member": {member-config fields of the best weights, paths relative to
+            job.out_dir}}``; the trainer writes it to ``fit_result.json`` and ``member`` to
+            ``weights/best.member.yaml``.
+        """
         raise NotImplementedError(f"{type(self).__name__} trains in the core's loop, not with fit()")
