@@ -28,6 +28,7 @@ from fusion.distributed import DistContext, init_distributed
 from fusion.io import atomic_write_text, atomic_write_yaml
 from fusion.training import state as st
 from fusion.training.config import TrainConfigBase, load_train_config
+from fusion.training.external import write_member
 from fusion.training.trainable import Trainable
 
 __all__ = ["train"]
@@ -143,7 +144,9 @@ def _train(cfg: TrainConfigBase, out: Path, dist: DistContext, resuming: bool, v
         atomic_write_yaml(out / "config.yaml", cfg.model_dump(mode="json"))
         atomic_write_yaml(out / "classes.yaml", {"names": list(class_map.names)})
     if trainable.owns_loop:
-        return _fit_external(cfg, out, trainable, class_map, device, dist, resuming)
+        from fusion.training.external import fit_external
+
+        return fit_external(cfg, out, trainable, class_map, device, dist, resuming)
     run = _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val)
     if resuming:
         _restore(run, st.load_checkpoint(out / "checkpoint.pt"))
@@ -284,7 +287,7 @@ def _end_epoch(run: _Run, progress: Any) -> None:
     ema_state = run.ema.module.state_dict() if run.ema is not None else None
     with st.swapped_weights(run.trainable.model, ema_state):
         stats = _evaluate(run) if evaluate else None
-        improved = run.val is None  # without validation the best weights are the last ones
+        improved = run.val is None or loop.eval_every == 0  # unvalidated: the best weights are the last
         if stats is not None and stats[loop.metric] > run.best:
             improved, run.best = True, stats[loop.metric]
         if improved:
@@ -320,16 +323,7 @@ def _export(run: _Run, stem: str) -> None:
     folder = run.out / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     fields = run.trainable.export(folder, stem)
-    _write_member(folder, folder / f"{stem}.member.yaml", run.cfg.model.name, fields)
-
-
-def _write_member(base: Path, path: Path, name: str, fields: dict[str, Any]) -> None:
-    """The member config YAML; the plugin names its files relative to ``base``, the YAML from the working dir."""
-    member: dict[str, Any] = {"name": name}
-    for key, value in fields.items():
-        is_file = isinstance(value, str) and value and (base / value).is_file()
-        member[key] = str(base / value) if is_file else value
-    atomic_write_yaml(path, member)
+    write_member(folder, folder / f"{stem}.member.yaml", run.cfg.model.name, fields)
 
 
 def _log(run: _Run, record: dict[str, Any]) -> None:
@@ -387,33 +381,3 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     if run.dist.is_main:  # records written after the checkpoint are written again
         kept = _read_metrics(run.out / "metrics.jsonl", up_to_step=run.step)
         atomic_write_text(run.out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-
-
-def _fit_external(cfg, out, trainable, class_map, device, dist, resuming) -> dict | None:
-    """Own-loop plugins (ultralytics): hand over the data and the run folder; rank 0 only."""
-    from fusion.training.trainable import ExternalTrainJob
-
-    if cfg.data.val is None:
-        raise ValueError("data.val: this model trains with its own loop, which needs a validation split")
-    if dist.world_size > 1:
-        raise ValueError(f"model.type {cfg.model.type!r} trains with its own loop; run it without torchrun")
-    job = ExternalTrainJob(
-        train_annotations=Path(cfg.data.train.annotations),
-        train_images=Path(cfg.data.train.images),
-        val_annotations=Path(cfg.data.val.annotations),
-        val_images=Path(cfg.data.val.images),
-        out_dir=out,
-        class_names=list(class_map.names),
-        epochs=cfg.train.epochs,
-        batch_size=cfg.train.batch_size,
-        image_size=cfg.data.image_size,
-        seed=cfg.seed,
-        device=str(device),
-        resume=resuming,
-        options=dict(cfg.options),
-    )
-    result = trainable.fit(job)
-    atomic_write_text(out / "fit_result.json", json.dumps(result, indent=2, default=str) + "\n")
-    if isinstance(result.get("member"), dict):
-        _write_member(out, out / "weights" / "best.member.yaml", cfg.model.name, result["member"])
-    return {"out": str(out), **result}
