@@ -212,6 +212,7 @@ def _loop(run: _Run, verbose: bool) -> None:
         while run.epoch < run.cfg.train.epochs:
             sampler.set_epoch(run.epoch, skip=run.epoch_step * run.loader.batch_size)
             for images, targets, _ in run.loader:
+                lr = run.optimizer.param_groups[0]["lr"]  # the rate this step uses (group 0: non-backbone)
                 losses, grad_norm = _step(run, images, targets)
                 run.step += 1
                 run.epoch_step += 1
@@ -222,7 +223,7 @@ def _loop(run: _Run, verbose: bool) -> None:
                         "step": run.step,
                         "loss": sum(losses.values()),
                     }
-                    record |= {"losses": losses, "grad_norm": grad_norm, "lr": run.scheduler.get_last_lr()[0]}
+                    record |= {"losses": losses, "grad_norm": grad_norm, "lr": lr}
                     _log(run, record)
                 progress.set_postfix(loss=f"{sum(losses.values()):.4f}", epoch=run.epoch + 1, refresh=False)
                 progress.update(1)
