@@ -106,3 +106,20 @@ def test_collate_keeps_lists() -> None:
     items = [(torch.zeros(3, 4, 5), {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0)}, 7)] * 2
     images, targets, ids = collate_train(items)
     assert len(images) == len(targets) == 2 and ids == [7, 7]
+
+
+@pytest.mark.slow
+def test_worker_processes_give_the_same_batches(data: Path) -> None:
+    from fusion.training.data import make_train_loader
+
+    dataset = _dataset(data, scale=(0.5, 1.5), hflip=0.5, crop=0.5, color=0.3)
+    batches = []
+    for workers in (0, 2):
+        sampler = EpochSampler(len(dataset), seed=1)
+        sampler.set_epoch(3, skip=1)
+        batches.append(list(make_train_loader(dataset, sampler, batch_size=2, workers=workers)))
+    assert len(batches[0]) == len(batches[1]) == 3
+    for (images_a, targets_a, ids_a), (images_b, targets_b, ids_b) in zip(*batches):
+        assert ids_a == ids_b
+        assert all(torch.equal(a, b) for a, b in zip(images_a, images_b))
+        assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(targets_a, targets_b))
