@@ -269,12 +269,21 @@ def _step(
 
 
 def _all_reduce_grads(params: list[Tensor], dist: DistContext) -> None:
-    """Average the gradients over ranks in one flat all-reduce (a missing gradient counts as zeros)."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    """Average the gradients over ranks in one flat all-reduce.
+
+    A parameter without a gradient on some ranks counts as zeros there; one without a gradient on every rank
+    keeps ``None`` (the optimiser skips it, as in a single process).
+    """
+    present = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=params[0].device)
+    dist.all_reduce_mean(present)
+    used = [p for p, flag in zip(params, present.tolist()) if flag > 0]
+    if not used:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in used]
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce_mean(flat)
     offset = 0
-    for param, grad in zip(params, grads):
+    for param, grad in zip(used, grads):
         param.grad = flat[offset : offset + grad.numel()].view_as(grad).clone()
         offset += grad.numel()
 
