@@ -66,11 +66,11 @@ def _records(run: Path, kind: str) -> list[dict]:
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
     make_dataset(tmp_path / "data", 12, seed=5)  # 3 global batches of 4 per epoch, 2 images per rank
-    config = toy_config(
-        tmp_path / "data", epochs=2, clip_grad=0.0
-    )  # unclipped: the gradient norm is compared raw
-    _run(tmp_path, config, tmp_path / "one", ranks=1)
-    _run(tmp_path, config, tmp_path / "two", ranks=2)
+    config = toy_config(tmp_path / "data", epochs=2, clip_grad=0.0)  # unclipped: the norm is compared raw
+    for name, ranks in (("one", 1), ("two", 2)):
+        (tmp_path / f"grads_{name}").mkdir()
+        config["model"]["grad_dump"] = str(tmp_path / f"grads_{name}")
+        _run(tmp_path, config, tmp_path / name, ranks=ranks)
     one, two = tmp_path / "one" / "train" / "toy", tmp_path / "two" / "train" / "toy"
 
     steps_one, steps_two = _records(one, "step"), _records(two, "step")
@@ -80,6 +80,15 @@ def test_two_gloo_ranks_equal_one_process(tmp_path: Path) -> None:
         for name in a["losses"]:
             assert b["losses"][name] == pytest.approx(a["losses"][name], abs=1e-6)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], abs=1e-6)
+    # The gradients each step applied (steps 1-5; step 6's are never read back): averaged over ranks, equal to
+    # one process's, and the same on both ranks.
+    for step in range(1, 6):
+        one_grads = torch.load(tmp_path / "grads_one" / f"rank0_step{step}.pt", weights_only=True)
+        for rank in (0, 1):
+            two_grads = torch.load(tmp_path / "grads_two" / f"rank{rank}_step{step}.pt", weights_only=True)
+            assert one_grads.keys() == two_grads.keys()
+            for key, grad in one_grads.items():
+                torch.testing.assert_close(two_grads[key], grad, atol=1e-6, rtol=0)
     weights_one = load_file(one / "weights" / "last.safetensors")
     weights_two = load_file(two / "weights" / "last.safetensors")
     for key, value in weights_one.items():

@@ -59,6 +59,9 @@ class ToyConfig(MemberConfig):
     dropout: float = 0.0
     num_classes: int = 2
     delay: float = 0.0  # seconds slept per training step (lets a test kill the run mid-way)
+    grad_dump: str | None = (
+        None  # folder where each loss() call saves the gradients the previous step applied
+    )
 
 
 class ToyNet(nn.Module):
@@ -84,6 +87,8 @@ class ToyTrainable(Trainable):
 
         if self.config.delay:
             time.sleep(self.config.delay)
+        if self.config.grad_dump:
+            self._dump_grads()
         out = self.model(images)
         c = out.shape[1] - 4
         sizes = torch.tensor([[im.shape[2], im.shape[1]] * 2 for im in images], dtype=torch.float32)
@@ -95,6 +100,15 @@ class ToyTrainable(Trainable):
             "loss_cls": nn.functional.cross_entropy(out[:, :c], labels),
             "loss_box": (xyxy - first).abs().sum(dim=1).mean(),
         }
+
+    def _dump_grads(self) -> None:
+        import os
+
+        self.calls = getattr(self, "calls", 0) + 1
+        grads = {n: p.grad.clone() for n, p in self.model.named_parameters() if p.grad is not None}
+        if grads:
+            rank = os.environ.get("RANK", "0")
+            torch.save(grads, Path(self.config.grad_dump) / f"rank{rank}_step{self.calls - 1}.pt")
 
     def predict(self, images: list[Tensor]) -> list[Detections]:
         out = self.model(images)
