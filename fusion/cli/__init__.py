@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "fusion.cli.calibrate",
     "fusion.cli.demo",
     "fusion.cli.render",
+    "fusion.cli.train",
 )
 
 

@@ -95,9 +95,9 @@ def score(
         The ``metrics.json`` dict (on rank 0; ``None`` on other ranks under ``torchrun``).
     """
     from fusion.coco.evaluate import resolve_backend
+    from fusion.distributed import init_distributed
     from fusion.ensemble import Ensemble
     from fusion.io import run_dir
-    from fusion.scoring.distributed import init_distributed
 
     cfg = _resolve_config(config, overrides)
     backend = resolve_backend(backend)

@@ -82,7 +82,10 @@ class Trainable(ABC):
     """A detector being trained.
 
     Attributes:
-        model: The ``nn.Module`` whose parameters the core's optimiser updates (in-loop plugins).
+        model: The ``nn.Module`` whose parameters the core's optimiser updates (in-loop plugins). The trainer
+            moves it to the device, switches it between ``train()`` (for :meth:`loss`) and ``eval()`` (for
+            :meth:`predict`), gives parameters whose name starts with ``backbone`` the backbone learning rate,
+            and saves its ``state_dict`` in checkpoints (EMA weights are swapped in for predict and export).
         owns_loop: True when the plugin trains with its library's own loop through :meth:`fit`.
     """
 
@@ -91,6 +94,11 @@ class Trainable(ABC):
 
     def loss(self, images: list[Tensor], targets: list[TrainTarget]) -> dict[str, Tensor]:
         """Named scalar losses of one batch in train mode; the trainer minimises their sum.
+
+        Called under ``torch.autocast`` (bf16) on CUDA. Under ``torchrun`` each rank passes its share of the
+        global batch and the trainer averages the gradients over ranks, so a loss that is a mean over the batch's
+        images gives one process's gradient; a loss normalised by a count over the batch (e.g. DETR's number of
+        boxes) should all-reduce that count.
 
         Args:
             images: One float32 ``[3, H, W]`` RGB tensor in ``[0, 1]`` per image, on the model's device; sizes
@@ -138,5 +146,11 @@ class Trainable(ABC):
         raise NotImplementedError(f"{type(self).__name__} has no teacher distillation (distill_loss)")
 
     def fit(self, job: ExternalTrainJob) -> dict[str, Any]:
-        """Train with the plugin's own loop; returns metrics and the member-config fields of the best weights."""
+        """Train with the plugin's own loop.
+
+        Returns:
+            ``{"metrics": {...}, "member": {member-config fields of the best weights, paths relative to
+            job.out_dir}}``; the trainer writes it to ``fit_result.json`` and ``member`` to
+            ``weights/best.member.yaml``.
+        """
         raise NotImplementedError(f"{type(self).__name__} trains in the core's loop, not with fit()")

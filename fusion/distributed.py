@@ -1,7 +1,9 @@
-"""Scoring under ``torchrun``: each rank runs the members on its shard of images, rank 0 gathers and evaluates.
+"""Runs under ``torchrun``: the process group, and the few collectives scoring and training need.
 
-Objects (column arrays of predictions) are gathered with ``torch.distributed.gather_object`` over gloo, which works
-for CPU and GPU runs alike; the heavy work (running the models) never crosses processes.
+Scoring: each rank runs the members on its shard of images, rank 0 gathers and evaluates. Training: each rank
+computes gradients on its share of the global batch, :meth:`DistContext.all_reduce_mean` averages them. The
+backend is NCCL when CUDA is available (one GPU per rank, ``LOCAL_RANK``), gloo on CPU; objects (column arrays of
+predictions) travel with ``gather_object`` / ``broadcast_object_list``, which work over both.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import Tensor
 
 __all__ = ["DistContext", "init_distributed"]
 
@@ -48,6 +51,15 @@ class DistContext:
         dist.gather_object(value, out, dst=0)
         return out
 
+    def all_reduce_mean(self, tensor: Tensor) -> Tensor:
+        """Average ``tensor`` over ranks, in place (a no-op in a single process); returns it."""
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            tensor.div_(self.world_size)
+        return tensor
+
     def barrier(self) -> None:
         if self.world_size > 1:
             import torch.distributed as dist
@@ -63,7 +75,11 @@ class DistContext:
 
 
 def init_distributed() -> DistContext:
-    """Join the ``torchrun`` process group (``WORLD_SIZE`` > 1 in the environment), or run as a single process."""
+    """Join the ``torchrun`` process group (``WORLD_SIZE`` > 1 in the environment), or run as a single process.
+
+    The backend is NCCL when CUDA is available with a GPU per local rank (each rank on ``cuda:LOCAL_RANK``),
+    gloo otherwise; ``FUSION_DIST_BACKEND=gloo|nccl`` forces one.
+    """
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
@@ -74,7 +90,15 @@ def init_distributed() -> DistContext:
     if not dist.is_available():
         raise ValueError("WORLD_SIZE > 1 but this torch build has no torch.distributed")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    cuda = torch.cuda.is_available() and torch.cuda.device_count() >= local_world
+    backend = os.environ.get("FUSION_DIST_BACKEND") or ("nccl" if cuda else "gloo")
+    if backend not in ("nccl", "gloo"):
+        raise ValueError(f"FUSION_DIST_BACKEND must be nccl or gloo, got {backend!r}")
     if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="gloo")
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    if backend == "nccl":
+        dist.init_process_group(backend="nccl", device_id=torch.device("cuda", local_rank))
+    else:
+        dist.init_process_group(backend="gloo")
     return DistContext(dist.get_rank(), dist.get_world_size(), local_rank, owned=True)
