@@ -12,7 +12,7 @@ from .checkpoint import load_checkpoint, load_official, save_checkpoint
 from .criterion import SetCriterion, train_step
 from .matcher import HungarianMatcher
 from .model import DETR, PRESETS, DetrConfig, build_detr
-from .postprocess import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, postprocess
+from .postprocess import postprocess
 from .preprocess import nested_batch, resize_shorter_side
 from .student import StudentPlan, build_student, plan_student
 
@@ -23,8 +23,6 @@ __all__ = [
     "HungarianMatcher",
     "SetCriterion",
     "StudentPlan",
-    "box_cxcywh_to_xyxy",
-    "box_xyxy_to_cxcywh",
     "build_detr",
     "build_student",
     "load_checkpoint",

@@ -10,8 +10,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou
 
+from fusion.boxes import box_convert
+
 from .matcher import HungarianMatcher, Target
-from .postprocess import box_cxcywh_to_xyxy
 
 __all__ = ["SetCriterion", "train_step"]
 
@@ -70,7 +71,11 @@ class SetCriterion(nn.Module):
         src_boxes = boxes[batch_idx, src_idx].float()
         tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, (_, j) in zip(targets, indices)]).float()
         loss_bbox = F.l1_loss(src_boxes, tgt_boxes, reduction="sum") / num_boxes
-        giou = torch.diag(generalized_box_iou(box_cxcywh_to_xyxy(src_boxes), box_cxcywh_to_xyxy(tgt_boxes)))
+        giou = torch.diag(
+            generalized_box_iou(
+                box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+            )
+        )
         losses = {"loss_ce": loss_ce, "loss_bbox": loss_bbox, "loss_giou": (1 - giou).sum() / num_boxes}
         if self.mixing_weight > 0:
             from .calibration import logit_mixing_loss

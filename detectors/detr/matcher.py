@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torchvision.ops import generalized_box_iou
 
-from .postprocess import box_cxcywh_to_xyxy
+from fusion.boxes import box_convert
 
 __all__ = ["HungarianMatcher", "Target"]
 
@@ -52,7 +52,9 @@ class HungarianMatcher:
             self.cost_class * -prob[:, tgt_ids]
             + self.cost_bbox * torch.cdist(out_boxes, tgt_boxes, p=1)
             + self.cost_giou
-            * -generalized_box_iou(box_cxcywh_to_xyxy(out_boxes), box_cxcywh_to_xyxy(tgt_boxes))
+            * -generalized_box_iou(
+                box_convert(out_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+            )
         )
         cost = cost.view(batch, num_queries, -1).cpu()
         return [c[i] for i, c in enumerate(cost.split(sizes, -1))]

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou
 
 from detectors.detr import HungarianMatcher, SetCriterion, build_detr, nested_batch, train_step
-from detectors.detr.postprocess import box_cxcywh_to_xyxy
+from fusion.boxes import box_convert
 
 
 def _random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -39,7 +39,8 @@ def test_matcher_equals_brute_force(seed: int) -> None:
 
         def cost(q: int, t: int, prob=prob, boxes=boxes, target=target) -> float:
             giou = generalized_box_iou(
-                box_cxcywh_to_xyxy(boxes[q : q + 1]), box_cxcywh_to_xyxy(target["boxes"][t : t + 1])
+                box_convert(boxes[q : q + 1], "cxcywh", "xyxy"),
+                box_convert(target["boxes"][t : t + 1], "cxcywh", "xyxy"),
             )
             l1 = (boxes[q] - target["boxes"][t]).abs().sum()
             return float(-prob[q, target["labels"][t]] + 5 * l1 - 2 * giou[0, 0])
@@ -68,7 +69,7 @@ def test_criterion_hand_computed() -> None:
     )
     assert float(losses["loss_bbox"]) == pytest.approx(0.02 / 2, rel=1e-5)
     giou = generalized_box_iou(
-        box_cxcywh_to_xyxy(pred_boxes[0, [2, 0]]), box_cxcywh_to_xyxy(target_boxes)
+        box_convert(pred_boxes[0, [2, 0]], "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
     ).diag()
     assert float(losses["loss_giou"]) == pytest.approx(float((1 - giou).sum() / 2), rel=1e-5)
     expected_total = losses["loss_ce"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"]
