@@ -24,9 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fusion.boxes import box_area, box_iou
 from fusion.detections import Detections
 
-__all__ = ["MatchResult", "batched_box_iou", "ground_truth_from_coco", "match_detections", "match_image"]
+__all__ = ["MatchResult", "ground_truth_from_coco", "match_detections", "match_image"]
 
 # Images per chunk: bounds the padded [images, detections, gt] IoU tensor (~ chunk * 300 * 60 floats).
 _CHUNK = 256
@@ -47,21 +48,16 @@ class MatchResult:
     gt_index: Tensor
 
 
-def batched_box_iou(boxes1: Tensor, boxes2: Tensor, crowd_iof: bool = False) -> Tensor:
-    """IoU of padded box batches: ``[B, N, 4]`` x ``[B, G, 4]`` (xyxy) -> ``[B, N, G]``.
+def _crowd_overlap(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection over the area of ``boxes1`` for padded batches ``[B, N, 4]`` x ``[B, G, 4]`` -> ``[B, N, G]``.
 
-    Same formula as ``torchvision.ops.box_iou``, batched. With ``crowd_iof`` the denominator is the area of
-    ``boxes1`` alone (COCO's overlap with a crowd region). Empty unions give 0.
+    Not an IoU (so not in :mod:`fusion.boxes`): COCO measures a detection's overlap with a crowd region over the
+    detection's own area. Zero-area detections give 0.
     """
     lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
     rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    if crowd_iof:
-        denom = area1[:, :, None].expand_as(inter)
-    else:
-        area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-        denom = area1[:, :, None] + area2[:, None, :] - inter
+    denom = box_area(boxes1)[:, :, None].expand_as(inter)
     return torch.where(denom > 0, inter / denom.clamp(min=1e-12), torch.zeros_like(inter))
 
 
@@ -125,8 +121,8 @@ def _match_chunk(
         gt_crowd = gt_pad(torch.cat([_crowd(g) for g in gts]).to(device), False)
         dtype = torch.promote_types(det_boxes.dtype, gt_boxes.dtype)
         det_boxes, gt_boxes = det_boxes.to(dtype), gt_boxes.to(dtype)
-        iou = batched_box_iou(det_boxes, gt_boxes)
-        iof = batched_box_iou(det_boxes, gt_boxes, crowd_iof=True)
+        iou = box_iou(det_boxes, gt_boxes)
+        iof = _crowd_overlap(det_boxes, gt_boxes)
         eligible = gt_pad.valid()[:, None, :].expand(n_img, n_max, g_max)
         if not class_agnostic:
             eligible = eligible & (det_labels[:, :, None] == gt_labels[:, None, :])

@@ -1,11 +1,10 @@
-"""Matching rules on hand-built cases; batched IoU against torchvision's box_iou."""
+"""Matching rules on hand-built cases."""
 
 import torch
 from torchvision.ops import box_iou
 
 from fusion import Detections
 from fusion.calibration import ground_truth_from_coco, match_detections, match_image
-from fusion.calibration.matching import batched_box_iou
 
 
 def gt(boxes, labels, crowd=None):
@@ -13,17 +12,6 @@ def gt(boxes, labels, crowd=None):
     return Detections(
         boxes, [1.0] * len(boxes), labels, (100, 100), {"iscrowd": torch.tensor(crowd, dtype=torch.bool)}
     )
-
-
-def test_batched_iou_equals_torchvision():
-    g = torch.Generator().manual_seed(0)
-    a = torch.rand(3, 7, 4, generator=g) * 50
-    b = torch.rand(3, 5, 4, generator=g) * 50
-    a[..., 2:] += a[..., :2]
-    b[..., 2:] += b[..., :2]
-    ours = batched_box_iou(a, b)
-    for i in range(3):
-        torch.testing.assert_close(ours[i], box_iou(a[i], b[i]))
 
 
 def test_greedy_in_score_order_higher_score_takes_the_gt():
