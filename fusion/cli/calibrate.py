@@ -87,8 +87,8 @@ def _read_config(source: str) -> dict[str, Any]:
 
 
 def _read_records(path: Path) -> list[Any]:
-    from fusion.scoring.annotations import read_json
-    from fusion.scoring.predictions import read_jsonl
+    from fusion.coco.annotations import read_json
+    from fusion.coco.predictions import read_jsonl
 
     if not path.exists():
         raise FileNotFoundError(f"predictions file {path} does not exist")
@@ -126,9 +126,9 @@ def _run(args: argparse.Namespace) -> int:
     from fusion.calibration import fit_calibrator_set, ground_truth_from_coco
     from fusion.calibration.dece import CalibrationProtocol, detection_ece
     from fusion.classes import ClassMap
+    from fusion.coco.annotations import load_annotations
     from fusion.interop import from_coco_records
     from fusion.io import run_dir
-    from fusion.scoring.annotations import load_annotations
 
     config = _read_config(args.config)
     annotations = Path(args.annotations)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from fusion.coco.annotations import CocoGroundTruth, load_annotations
+from fusion.coco.predictions import Predictions
 from fusion.detections import Detections
-from fusion.scoring.annotations import CocoGroundTruth, load_annotations
-from fusion.scoring.predictions import Predictions
 
 __all__ = ["gt_weights", "score"]
 
@@ -106,16 +106,16 @@ def score(
     """
     from tqdm.auto import tqdm
 
+    from fusion.coco.evaluate import resolve_backend
     from fusion.config import EnsembleConfigBase, load_ensemble_config
     from fusion.ensemble import Ensemble
     from fusion.io import run_dir
+    from fusion.pipeline import Calibration, policy_description
     from fusion.scoring.cache import MemberCache
-    from fusion.scoring.calibration import Calibration
     from fusion.scoring.dataset import make_loader
     from fusion.scoring.distributed import init_distributed
-    from fusion.scoring.evaluate import resolve_backend
-    from fusion.scoring.fuse_files import fuse_and_evaluate, policy_description
     from fusion.scoring.report import format_run, write_run
+    from fusion.scoring.run import fuse_and_evaluate
 
     cfg = (
         config

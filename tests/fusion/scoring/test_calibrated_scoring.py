@@ -21,12 +21,12 @@ from fusion import Ensemble
 from fusion.calibration import CalibratorSet, detection_ece, fit_calibrator_set, ground_truth_from_coco
 from fusion.classes import ClassMap
 from fusion.cli import main
+from fusion.coco.predictions import SCORE_DECIMALS
 from fusion.interop import from_coco_records
 from fusion.scoring import score
 from fusion.scoring.fuse_files import fuse_files
-from fusion.scoring.predictions import SCORE_DECIMALS
-from fusion.scoring.tune import tune_files
 from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
+from fusion.tuning.search import tune_files
 
 TEMPERATURES = {"a": 0.35, "b": 2.5}  # a over-confident, b under-confident
 

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.scoring.annotations import load_annotations
-from fusion.scoring.predictions import Predictions
-from fusion.scoring.rounding import round_decimals
+from fusion.coco.annotations import load_annotations
+from fusion.coco.predictions import Predictions
+from fusion.coco.rounding import round_decimals
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 

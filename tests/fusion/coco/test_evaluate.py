@@ -10,9 +10,9 @@ import math
 import numpy as np
 import pytest
 
-from fusion.scoring.annotations import load_annotations
-from fusion.scoring.evaluate import STAT_KEYS, available_backends, evaluate, resolve_backend
-from fusion.scoring.predictions import Predictions
+from fusion.coco.annotations import load_annotations
+from fusion.coco.evaluate import STAT_KEYS, available_backends, evaluate, resolve_backend
+from fusion.coco.predictions import Predictions
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 

@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from fusion.scoring.annotations import CocoGroundTruth
-from fusion.scoring.predictions import Predictions
+from fusion.coco.annotations import CocoGroundTruth
+from fusion.coco.predictions import Predictions
 
 __all__ = ["BACKENDS", "STAT_KEYS", "EvalResult", "available_backends", "evaluate", "resolve_backend"]
 
@@ -207,7 +207,7 @@ def evaluate(
     """COCO bbox evaluation of ``predictions`` against ``gt``.
 
     Args:
-        gt: Validated ground truth (:func:`~fusion.scoring.annotations.load_annotations`).
+        gt: Validated ground truth (:func:`~fusion.coco.annotations.load_annotations`).
         predictions: Results whose image and category ids are the ground truth's (see
             :meth:`Predictions.check_against`; an empty set is allowed and scores 0).
         backend: ``auto``, ``hotcoco``, ``faster-coco-eval`` or ``pycocotools``.

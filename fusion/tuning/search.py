@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from fusion.scoring.annotations import CocoGroundTruth, load_annotations
-from fusion.scoring.calibration import Calibration, calibrate_members, calibrate_predictions
-from fusion.scoring.evaluate import evaluate, resolve_backend
-from fusion.scoring.fuse_files import fuse_predictions, load_member_files
-from fusion.scoring.predictions import Predictions
+from fusion.coco.annotations import CocoGroundTruth, load_annotations
+from fusion.coco.evaluate import evaluate, resolve_backend
+from fusion.coco.predictions import Predictions
+from fusion.pipeline import Calibration, calibrate_members, calibrate_predictions, fuse_predictions
+from fusion.scoring.fuse_files import load_member_files
 
 __all__ = ["SearchSpace", "Trial", "tune", "tune_files"]
 
@@ -216,7 +216,7 @@ def _default_point(space: SearchSpace) -> np.ndarray:
 
 def trials_csv(history: Sequence[Trial]) -> str:
     """The trials as CSV: number, phase, every policy field, then the 12 stats."""
-    from fusion.scoring.evaluate import STAT_KEYS
+    from fusion.coco.evaluate import STAT_KEYS
 
     keys: list[str] = []
     for trial in history:

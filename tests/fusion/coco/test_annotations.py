@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from fusion.scoring.annotations import load_annotations
+from fusion.coco.annotations import load_annotations
 from fusion.synthetic import synthetic_annotations
 
 BASE = synthetic_annotations(num_images=6, num_classes=3, empty_fraction=0.0, seed=0)

@@ -1,11 +1,13 @@
-"""Calibration inside dataset scoring: calibrate members' results before fusion, and measure D-ECE of every set.
+"""The pipeline: calibrate members -> fuse -> calibrate the fused output.
+
+Column-wise (whole dataset) half, used by the scoring commands.
 
 The scoring commands (``score``, ``fuse``, ``tune``) hold results as :class:`Predictions` columns in the DATASET's
 category ids, while calibrators index the vocabulary they were fitted in (``CalibratorSet.classes``, the ensemble's).
 The two meet here by class NAME, once per member, in one vectorised call over the whole dataset; a dataset class the
 calibrator's vocabulary lacks gets its default (all-class) curve.
 
-Calibrated scores are rounded like saved results (:data:`~fusion.scoring.predictions.SCORE_DECIMALS`), so a fused
+Calibrated scores are rounded like saved results (:data:`~fusion.coco.predictions.SCORE_DECIMALS`), so a fused
 set evaluated in memory equals the ``fused.json`` written beside it.
 """
 
@@ -14,27 +16,29 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from fusion.calibration.calibrators import Calibrator
-from fusion.calibration.dece import CalibrationProtocol, DECEResult, dece, matched_pairs
+from fusion.calibration.dece import CalibrationProtocol
 from fusion.calibration.sets import CalibratorSet
 from fusion.classes import ClassMap
-from fusion.detections import Detections
-from fusion.scoring.annotations import CocoGroundTruth
-from fusion.scoring.predictions import SCORE_DECIMALS, Predictions
-from fusion.scoring.rounding import round_decimals
+from fusion.coco.annotations import CocoGroundTruth
+from fusion.coco.predictions import SCORE_DECIMALS, Predictions
+from fusion.coco.rounding import round_decimals
+from fusion.fuse import fuse_batch, make_policy
 
 __all__ = [
+    "DEFAULT_POLICY",
     "Calibration",
     "calibrate_members",
     "calibrate_predictions",
     "calibrator_labels",
-    "dece_of",
-    "ground_truth_detections",
+    "fuse_predictions",
+    "policy_description",
 ]
 
 
@@ -131,25 +135,37 @@ def calibrate_members(
     }
 
 
-def ground_truth_detections(gt: CocoGroundTruth) -> list[Detections]:
-    """The GT boxes of every image of ``gt`` (in ``gt.image_ids`` order) with ``extras["iscrowd"]``; cached on ``gt``."""
-    cache = gt.__dict__.setdefault("_backend_cache", {})
-    if "calibration_truth" not in cache:
-        from fusion.calibration.matching import ground_truth_from_coco
-
-        truth = ground_truth_from_coco(gt.dataset, gt.class_map)
-        cache["calibration_truth"] = [truth[int(i)] for i in gt.image_ids.tolist()]
-    return cache["calibration_truth"]
+# ensemble-boxes' own defaults for weighted_boxes_fusion.
+DEFAULT_POLICY: dict[str, Any] = {"type": "wbf", "iou_thr": 0.55, "skip_box_thr": 0.0, "conf_type": "avg"}
 
 
-def dece_of(predictions: Predictions, gt: CocoGroundTruth, protocol: CalibrationProtocol) -> DECEResult:
-    """D-ECE of a whole results set under ``protocol`` (greedy COCO-style matching, crowd GT ignored).
+def policy_description(policy: Any = None, **params: Any) -> dict[str, Any]:
+    """The fully resolved parameters of a policy spec (name, mapping, Params or instance), as a plain dict."""
+    return make_policy(DEFAULT_POLICY if policy is None else policy, **params).params.model_dump()
 
-    Detections under the protocol's score threshold are dropped BEFORE matching: greedy matching goes in score order,
-    so they cannot change the match of any detection that counts, and skipping them halves the work on typical
-    results. The margin keeps every score that float32 rounding could lift to the threshold; :func:`dece` applies
-    the exact cut.
+
+def fuse_predictions(
+    members: Sequence[Predictions],
+    gt: CocoGroundTruth,
+    policy: Any = None,
+    device: str = "cpu",
+    **params: Any,
+) -> Predictions:
+    """Fuse members' results image by image with :func:`fusion.fuse_batch`.
+
+    Args:
+        members: One :class:`Predictions` per member (category ids of ``gt``).
+        gt: The ground truth: its images (all of them, also those without detections) and their sizes.
+        policy: Policy name, mapping with ``type``, Params or instance; ``None`` = WBF at ensemble-boxes' defaults.
+        device: Where fusion runs.
+        **params: Policy parameters (e.g. ``weights=[2, 1, 1]``).
+
+    Returns:
+        The fused results, rounded like saved results files.
     """
-    predictions = predictions.select(predictions.scores >= protocol.score_thr - 1e-6)
-    pairs = matched_pairs(predictions.split_by_image(gt), ground_truth_detections(gt), protocol.iou_thr)
-    return dece(pairs, protocol)
+    if not members:
+        raise ValueError("fuse_predictions needs at least one member")
+    per_member = [m.split_by_image(gt, device=device) for m in members]
+    per_image = list(zip(*per_member))
+    fused = fuse_batch(per_image, DEFAULT_POLICY if policy is None else policy, **params)
+    return Predictions.from_detections(fused, gt.image_ids, gt.class_map)

@@ -9,11 +9,11 @@ import numpy as np
 import yaml
 
 from fusion.cli import main
-from fusion.scoring.annotations import load_annotations
-from fusion.scoring.evaluate import evaluate
-from fusion.scoring.fuse_files import fuse_predictions
-from fusion.scoring.tune import SearchSpace, tune
+from fusion.coco.annotations import load_annotations
+from fusion.coco.evaluate import evaluate
+from fusion.pipeline import fuse_predictions
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
+from fusion.tuning.search import SearchSpace, tune
 
 
 def test_search_space_decodes_each_policy_fields_only() -> None:

@@ -16,16 +16,16 @@ import orjson
 import torch
 
 from fusion.classes import ClassMap
+from fusion.coco.annotations import CocoGroundTruth, read_json
+from fusion.coco.rounding import round_decimals
 from fusion.detections import Detections
 from fusion.io import atomic_write_bytes, paused_gc
-from fusion.scoring.annotations import CocoGroundTruth, read_json
-from fusion.scoring.rounding import round_decimals
 
 __all__ = ["BOX_DECIMALS", "SCORE_DECIMALS", "Predictions", "load_predictions", "read_jsonl"]
 
 # Results are rounded once, when they are made, so that what is evaluated in memory is exactly what a saved file
 # holds: a run resumed from its cache, or `fusion fuse` on saved files, then gives the same numbers. Rounding is
-# Python's round() (see fusion.scoring.rounding), so the files equal those a hand-written script writes.
+# Python's round() (see fusion.coco.rounding), so the files equal those a hand-written script writes.
 BOX_DECIMALS = 3
 SCORE_DECIMALS = 5
 
