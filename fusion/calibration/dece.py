@@ -155,7 +155,7 @@ def matched_pairs(
 
     Args:
         predictions: ``{image_id: Detections}`` (or a list aligned with ``ground_truth``).
-        ground_truth: ``{image_id: Detections}`` of GT boxes (see :func:`~fusion.calibration.ground_truth_from_coco`).
+        ground_truth: ``{image_id: Detections}`` of GT boxes (see :meth:`~fusion.coco.annotations.CocoGroundTruth.detections`).
         iou_thr: Minimum IoU for a TP.
         class_agnostic_matching: Let a detection match a GT box of another class.
     """

@@ -17,9 +17,8 @@ all images of a chunk), never over single boxes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +26,7 @@ from torch import Tensor
 from fusion.boxes import box_area, box_iou
 from fusion.detections import Detections
 
-__all__ = ["MatchResult", "ground_truth_from_coco", "match_detections", "match_image"]
+__all__ = ["MatchResult", "match_detections", "match_image"]
 
 # Images per chunk: bounds the padded [images, detections, gt] IoU tensor (~ chunk * 300 * 60 floats).
 _CHUNK = 256
@@ -196,56 +195,3 @@ def match_image(
 ) -> MatchResult:
     """:func:`match_detections` for one image."""
     return match_detections([detections], [ground_truth], iou_thr, class_agnostic)[0]
-
-
-def ground_truth_from_coco(
-    dataset: Mapping[str, Any], class_map: Any = None, device: torch.device | str | None = None
-) -> dict[int, Detections]:
-    """A COCO annotation dict -> ``{image_id: Detections}`` of its GT boxes (every image, even without boxes).
-
-    Labels are indices of ``class_map`` (default: the file's own ``categories`` in file order); each
-    :class:`Detections` has score 1, ``image_size`` from the image record and ``extras["iscrowd"]`` (bool).
-
-    Raises:
-        ValueError: an annotation of an unknown image or of a category the class map lacks (naming its index).
-    """
-    import numpy as np
-
-    from fusion.classes import ClassMap
-
-    if class_map is None:
-        class_map = ClassMap.from_coco_categories(dataset["categories"])
-    images = list(dataset.get("images", []))
-    anns = list(dataset.get("annotations", []))
-    sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in images}
-    ann_images = np.asarray([int(a["image_id"]) for a in anns], dtype=np.int64)
-    unknown = np.flatnonzero(~np.isin(ann_images, np.asarray(list(sizes), dtype=np.int64)))
-    if len(unknown):
-        i = int(unknown[0])
-        raise ValueError(f"annotations[{i}] has image_id {int(ann_images[i])}, which is not in 'images'")
-    xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    cats = torch.as_tensor([int(a["category_id"]) for a in anns], dtype=torch.int64)
-    labels = class_map.labels_from_ids(cats).numpy()
-    bad = np.flatnonzero(labels < 0)
-    if len(bad):
-        i = int(bad[0])
-        raise ValueError(
-            f"annotations[{i}] has category_id {int(cats[i])}, which the class map does not have"
-        )
-    crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-    order = np.argsort(ann_images, kind="stable")
-    ids_sorted = ann_images[order]
-    out: dict[int, Detections] = {}
-    for image_id, size in sizes.items():
-        lo, hi = np.searchsorted(ids_sorted, image_id, "left"), np.searchsorted(ids_sorted, image_id, "right")
-        rows = order[lo:hi]
-        out[image_id] = Detections(
-            torch.from_numpy(xyxy[rows]),  # float64: the file's values, as COCO's own matching uses them
-            np.ones(len(rows)),
-            labels[rows],
-            size,
-            {"iscrowd": torch.from_numpy(crowd[rows])},
-            device=device,
-        )
-    return out

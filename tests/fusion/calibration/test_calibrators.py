@@ -17,9 +17,9 @@ from fusion.calibration import (
     detection_ece,
     fit_calibrator,
     fit_calibrator_set,
-    ground_truth_from_coco,
 )
 from fusion.classes import ClassMap
+from fusion.coco.annotations import load_annotations
 from fusion.interop import from_coco_records
 from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
@@ -85,7 +85,7 @@ def splits():
     for seed in (1, 2):
         gt = make_coco_ground_truth(150, seed=seed)
         class_map = ClassMap.from_coco_categories(gt["categories"])
-        truth = ground_truth_from_coco(gt, class_map)
+        truth = load_annotations(gt).detections()
         members = {
             name: from_coco_records(
                 simulate_miscalibrated_member(gt, t, seed=10 * seed + k), class_map, None, truth

@@ -18,9 +18,10 @@ import yaml
 from PIL import Image
 
 from fusion import Ensemble
-from fusion.calibration import CalibratorSet, detection_ece, fit_calibrator_set, ground_truth_from_coco
+from fusion.calibration import CalibratorSet, detection_ece, fit_calibrator_set
 from fusion.classes import ClassMap
 from fusion.cli import main
+from fusion.coco.annotations import load_annotations
 from fusion.coco.predictions import SCORE_DECIMALS
 from fusion.interop import from_coco_records
 from fusion.scoring import score
@@ -58,7 +59,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         (root / f"{name}.json").write_text(json.dumps(recs))
     # Fit as `fusion calibrate` does: per class, in the ensemble's coco80 vocabulary.
     data_map, table = _in_coco80(gt)
-    truth = {i: g.replace(labels=table[g.labels]) for i, g in ground_truth_from_coco(gt, data_map).items()}
+    truth = {i: g.replace(labels=table[g.labels]) for i, g in load_annotations(gt).detections().items()}
     per_member = {
         n: {
             i: d.replace(labels=table[d.labels])
@@ -335,7 +336,8 @@ def test_fused_calibrator_in_ensemble_predict_and_score(data: dict, with_fused: 
     for det, base in zip(got, plain.predict(images, ids)):
         expected = fused_calibrator.apply(base.scores, base.labels)
         order = torch.sort(expected, descending=True, stable=True).indices
-        torch.testing.assert_close(det.scores, expected[order])
+        # saved members are read as float64; the calibrator's float32 scores are held in the boxes' dtype
+        torch.testing.assert_close(det.scores, expected[order].to(det.scores.dtype))
         torch.testing.assert_close(det.boxes, base.boxes[order])
         assert bool((det.scores[:-1] >= det.scores[1:]).all())
     assert any(not torch.equal(d.scores, b.scores) for d, b in zip(got, plain.predict(images, ids)))
