@@ -32,8 +32,7 @@ def dets() -> Detections:
 
 def test_torchvision_round_trip(dets: Detections) -> None:
     back = from_torchvision(to_torchvision(dets), dets.image_size)
-    for field in ("boxes", "scores", "labels"):
-        assert torch.equal(getattr(back, field), getattr(dets, field))
+    assert back == dets
     with pytest.raises(ValueError, match=r"lacks \['labels'\]"):
         from_torchvision({"boxes": dets.boxes, "scores": dets.scores})
 
@@ -92,7 +91,6 @@ def test_supervision_round_trip(dets: Detections) -> None:
     assert isinstance(converted, sv.Detections)
     np.testing.assert_array_equal(converted.class_id, [0, 79, 3])
     back = from_supervision(converted, dets.image_size)
-    assert torch.equal(back.boxes, dets.boxes) and torch.equal(back.labels, dets.labels)
-    assert back.extras["member"].tolist() == [0, 1, 2]
+    assert back == dets.with_extras(member=torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="no confidence"):
         from_supervision(sv.Detections(xyxy=np.zeros((1, 4), dtype=np.float32), class_id=np.array([0])))
