@@ -10,6 +10,7 @@ Matching images to records:
       came from a file: the longest trailing part of the path equal to a ``file_name`` wins. A file that matches no
       ``file_name`` is an error (naming the file), since it means the mapping is not the one the images belong to.
 
+Records are read by :func:`fusion.coco.predictions.load_predictions` (boxes and scores float64: the file's values).
 An image with no records gets empty :class:`Detections`: the saved member simply found nothing there, exactly as a
 running detector would. Labels: ``category_id`` values are read through ``classes`` (default ``coco91``) and
 translated by name into the ensemble vocabulary (``drop_classes`` as for the other adapters).
