@@ -131,7 +131,7 @@ class PredictionsDetector(Detector):
         for index, size in enumerate(batch.sizes):
             found = self.detections.get(self.image_id_of(batch, index))
             if found is None:
-                out.append(Detections.empty(size, device=self.device))
+                out.append(Detections.empty(size, device=self.device, dtype=torch.float64))
             else:
                 out.append(found.replace(image_size=size).to(self.device))
         return out

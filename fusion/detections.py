@@ -128,12 +128,14 @@ class Detections:
         image_size: tuple[int, int] | None = None,
         device: torch.device | str | None = None,
         extras: Iterable[str] | Mapping[str, torch.dtype] = (),
+        dtype: torch.dtype = torch.float32,
     ) -> Detections:
-        """No detections; ``extras`` names keys to create as empty tensors (int64, or the dtypes given)."""
+        """No detections; ``extras`` names keys to create as empty tensors (int64, or the dtypes given); boxes and
+        scores of ``dtype`` (float32, or float64 as saved results are read)."""
         dtypes = extras if isinstance(extras, Mapping) else dict.fromkeys(extras, torch.int64)
         return cls(
-            torch.zeros((0, 4), device=device),
-            torch.zeros(0, device=device),
+            torch.zeros((0, 4), dtype=dtype, device=device),
+            torch.zeros(0, dtype=dtype, device=device),
             torch.zeros(0, dtype=torch.int64, device=device),
             image_size,
             {key: torch.zeros(0, dtype=dtype, device=device) for key, dtype in dtypes.items()},

@@ -105,6 +105,8 @@ def test_empty_has_the_right_shapes() -> None:
     )
     assert len(Detections.cat([e, e])) == 0
     assert len(Detections([], [], [])) == 0
+    wide = Detections.empty(dtype=torch.float64)
+    assert wide.boxes.dtype == wide.scores.dtype == torch.float64 and e.boxes.dtype == torch.float32
 
 
 @pytest.mark.parametrize("device", DEVICES)
