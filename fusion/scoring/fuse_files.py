@@ -14,7 +14,7 @@ from fusion.coco.annotations import CocoGroundTruth, load_annotations
 from fusion.coco.evaluate import resolve_backend
 from fusion.coco.predictions import Predictions, load_predictions
 from fusion.io import run_dir
-from fusion.pipeline import Calibration, policy_description
+from fusion.pipeline import Calibration, Pipeline
 from fusion.scoring.report import format_run, write_run
 from fusion.scoring.run import fuse_and_evaluate
 
@@ -72,13 +72,12 @@ def fuse_files(
         print(f"evaluation backend: {backend}")
     gt = load_annotations(annotations)
     members = load_member_files(paths, gt, pred_classes)
-    params = dict(params or {})
-    described = policy_description(policy, **params)
     if calibration is not None and not isinstance(calibration, Calibration):
         calibration = Calibration.from_file(calibration)
-    run = fuse_and_evaluate(
-        members, gt, policy, params, backend=backend, device=device, calibration=calibration
-    )
+    pipeline = Pipeline.build(policy, params, calibration, vocabulary=gt.class_map)
+    pipeline.check_fused_fit(f"--calibrators {calibration.sources.get('fused')}" if calibration else "")
+    described = pipeline.describe()
+    run = fuse_and_evaluate(members, gt, pipeline, backend=backend, device=device)
     out = run_dir("fuse", name, root) if out_dir is None else Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {

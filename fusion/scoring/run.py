@@ -15,7 +15,7 @@ from fusion.coco.annotations import CocoGroundTruth
 from fusion.coco.evaluate import STAT_KEYS, EvalResult, evaluate
 from fusion.coco.predictions import Predictions
 from fusion.detections import Detections
-from fusion.pipeline import Calibration, calibrate_members, calibrate_predictions, fuse_predictions
+from fusion.pipeline import Pipeline
 
 __all__ = ["ScoredRun", "dece_of", "evaluate_all", "fuse_and_evaluate", "ground_truth_detections"]
 
@@ -102,41 +102,36 @@ class ScoredRun:
 def fuse_and_evaluate(
     members: Mapping[str, Predictions],
     gt: CocoGroundTruth,
-    policy: Any = None,
-    params: Mapping[str, Any] | None = None,
+    pipeline: Pipeline | None = None,
     *,
     backend: str = "auto",
     device: str = "cpu",
-    calibration: Calibration | None = None,
 ) -> ScoredRun:
-    """Calibrate (optionally), fuse, evaluate every member and the fused output, and measure their D-ECE.
+    """Run the pipeline column-wise, evaluate every member and the fused output, and measure their D-ECE.
 
     Args:
         members: ``{member name: raw results}`` in the dataset's category ids.
         gt: The ground truth.
-        policy: Policy spec (see :func:`fuse_predictions`); ``None`` = WBF at ensemble-boxes' defaults.
-        params: Policy parameters.
+        pipeline: Calibrators (applied to the members before fusion, each exactly once, and to the fused output after
+            it), the policy, and the D-ECE protocol (``pipeline.calibration.protocol``); its labels must index the
+            dataset's categories (:meth:`Pipeline.in_vocabulary`). ``None``: WBF at ensemble-boxes' defaults, no
+            calibrators (D-ECE is still measured).
         backend: COCO evaluation backend.
         device: Where fusion runs.
-        calibration: Calibrators applied to the members before fusion (each exactly once) and to the fused output
-            after it, and the D-ECE protocol. Without calibrators only D-ECE is measured, under the default
-            protocol unless one is given here.
 
     Returns:
         The :class:`ScoredRun`; with calibrators it also holds the uncalibrated fusion as the baseline.
     """
-    calibration = calibration or Calibration()
-    params = dict(params or {})
+    pipeline = pipeline or Pipeline.build(vocabulary=gt.class_map)
+    calibration = pipeline.calibration
     protocol = calibration.protocol
-    used = calibrate_members(members, calibration, gt)
-    fused = fuse_predictions(list(used.values()), gt, policy, device=device, **params)
-    fused = calibrate_predictions(fused, calibration.fused, gt, calibration.classes)
+    used, fused = pipeline.run_columns(members, gt, device)
     member_results, fused_result = evaluate_all(gt, used, fused, backend)
     dece = {name: dece_of(preds, gt, protocol) for name, preds in used.items()}
     dece["fused"] = dece_of(fused, gt, protocol)
     run = ScoredRun(member_results, fused_result, fused, dece, protocol)
     if calibration.active:
-        raw_fused = fuse_predictions(list(members.values()), gt, policy, device=device, **params)
+        raw_fused = pipeline.uncalibrated().fuse_columns(members, gt, device)
         run.fused_uncalibrated = evaluate(gt, raw_fused, backend, source="fused (uncalibrated)")
         run.uncalibrated_dece = {
             name: dece_of(preds, gt, protocol)

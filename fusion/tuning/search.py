@@ -28,7 +28,7 @@ import numpy as np
 from fusion.coco.annotations import CocoGroundTruth, load_annotations
 from fusion.coco.evaluate import evaluate, resolve_backend
 from fusion.coco.predictions import Predictions
-from fusion.pipeline import Calibration, calibrate_members, calibrate_predictions, fuse_predictions
+from fusion.pipeline import Calibration, Pipeline
 from fusion.scoring.fuse_files import load_member_files
 
 __all__ = ["SearchSpace", "Trial", "tune", "tune_files"]
@@ -126,9 +126,9 @@ def tune(
         raise ValueError(f"trials must be >= 1, got {trials}")
     backend = resolve_backend(backend)
     space = SearchSpace(policies, len(members))
-    preds = list(calibrate_members(members, calibration, gt).values())
-    fused_calibrator = calibration.fused if calibration is not None else None
-    classes = calibration.classes if calibration is not None else None
+    # Members are calibrated once; each trial runs the rest of the same pipeline under its own policy.
+    pipeline = Pipeline.build(calibration=calibration, vocabulary=gt.class_map)
+    calibrated = pipeline.calibrate_columns(members, gt)
     history: list[Trial] = []
     seen: dict[str, float] = {}
     bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
@@ -137,13 +137,10 @@ def tune(
         setting = space.decode(u)
         key = repr(sorted(setting.items()))
         if key not in seen:  # Nelder-Mead revisits points whose decoded (rounded) setting is identical
-            fused = fuse_predictions(
-                preds,
-                gt,
-                {k: v for k, v in setting.items() if k != "weights"},
-                weights=setting.get("weights"),
+            trial = pipeline.with_policy(
+                {k: v for k, v in setting.items() if k != "weights"}, {"weights": setting.get("weights")}
             )
-            fused = calibrate_predictions(fused, fused_calibrator, gt, classes)
+            fused = trial.fuse_columns(calibrated, gt)
             stats = evaluate(gt, fused, backend, source="fused").stats
             history.append(Trial(len(history), phase, setting, stats))
             seen[key] = stats[metric]
@@ -277,30 +274,7 @@ def tune_files(
         calibration=calibration,
     )
     out = run_dir("tune", name, root)
-    weights = best.policy.get("weights") or [1.0] * len(members)
-    fusion = {k: v for k, v in best.policy.items() if k != "weights"}
-    config = {
-        "name": name,
-        "classes": classes,
-        "members": [
-            {
-                "name": n,
-                "type": "predictions",
-                "path": str(Path(p).resolve()),
-                "classes": pred_classes or "coco91",
-                "weight": float(w),
-                **(
-                    {"calibrator": str(Path(calibrators).resolve())}
-                    if calibration is not None and n in calibration.members
-                    else {}
-                ),
-            }
-            for n, p, w in zip(members, paths, weights)
-        ],
-        "fusion": fusion,
-    }
-    if calibration is not None and calibration.fused is not None:  # every trial was scored after it
-        config["fused_calibrator"] = str(Path(calibrators).resolve())
+    config = best_config(name, classes, members, paths, pred_classes, best, calibration, calibrators)
     atomic_write_yaml(out / "best.yaml", config)
     atomic_write_text(out / "trials.csv", trials_csv(history))
     atomic_write_yaml(
@@ -321,3 +295,44 @@ def tune_files(
         print(f"best fused AP {best.stats['AP']:.4f} (trial {best.number}): {best.policy}")
         print(f"results in {out}")
     return out
+
+
+def best_config(
+    name: str,
+    classes: str,
+    members: Mapping[str, Predictions],
+    paths: Sequence[str | Path],
+    pred_classes: str | None,
+    best: Trial,
+    calibration: Calibration | None,
+    calibrators: str | Path | None,
+) -> dict[str, Any]:
+    """``best.yaml``: an ensemble config of ``predictions`` members replaying ``paths`` with the best fusion and
+    weights, and the calibrators the search was scored with."""
+    weights = best.policy.get("weights") or [1.0] * len(members)
+    calibrated = calibration.members if calibration is not None else {}
+    config = {
+        "name": name,
+        "classes": classes,
+        "members": [
+            {
+                "name": n,
+                "type": "predictions",
+                "path": str(Path(p).resolve()),
+                "classes": pred_classes or "coco91",
+                "weight": float(w),
+                **(
+                    {"calibrator": str(Path(calibrators).resolve())}
+                    if n in calibrated and calibrators
+                    else {}
+                ),
+            }
+            for n, p, w in zip(members, paths, weights)
+        ],
+        "fusion": {k: v for k, v in best.policy.items() if k != "weights"},
+    }
+    if (
+        calibration is not None and calibration.fused is not None and calibrators
+    ):  # every trial was scored after it
+        config["fused_calibrator"] = str(Path(calibrators).resolve())
+    return config

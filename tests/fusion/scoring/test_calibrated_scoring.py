@@ -37,13 +37,21 @@ def _in_coco80(gt: dict) -> tuple[ClassMap, torch.Tensor]:
     return data_map, data_map.translation_to(ClassMap.load("coco80"))
 
 
-def _calibrated_records(records: list[dict], calibrators: CalibratorSet, name: str, gt: dict) -> list[dict]:
-    """The member's records with scores through its calibrator, by hand (labels in coco80 by class name)."""
+def _calibrated_records(
+    records: list[dict], calibrators: CalibratorSet, name: str, gt: dict, decimals: int | None = None
+) -> list[dict]:
+    """The member's records with scores through its calibrator, by hand (labels in coco80 by class name).
+
+    ``decimals=None`` keeps the calibrated scores exactly (JSON floats round-trip float64): the pipeline rounds
+    nothing before the fused output.
+    """
     data_map, table = _in_coco80(gt)
     ids = torch.tensor([r["category_id"] for r in records])
     labels = table[data_map.labels_from_ids(ids)]
     scores = torch.tensor([r["score"] for r in records], dtype=torch.float64)
-    new = np.round(calibrators[name].apply(scores, labels).double().numpy(), SCORE_DECIMALS)
+    new = calibrators[name].apply(scores, labels).double().numpy()
+    if decimals is not None:
+        new = np.round(new, decimals)
     return [{**r, "score": float(s)} for r, s in zip(records, new)]
 
 
@@ -71,10 +79,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict:
         per_member, truth, "isotonic", per_class=True, classes=ClassMap.load("coco80").names
     )
     calibrators.save(root / "calibrators.json")
-    manual = root / "manual"
-    manual.mkdir()
-    for name, recs in records.items():
-        (manual / f"{name}.json").write_text(json.dumps(_calibrated_records(recs, calibrators, name, gt)))
+    for folder, decimals in (("manual", None), ("manual_rounded", SCORE_DECIMALS)):
+        (root / folder).mkdir()
+        for name, recs in records.items():
+            hand = _calibrated_records(recs, calibrators, name, gt, decimals)
+            (root / folder / f"{name}.json").write_text(json.dumps(hand))
     return {"root": root, "gt": gt, "records": records, "calibrators": calibrators, "truth": truth}
 
 
@@ -209,7 +218,8 @@ def test_ensemble_predict_calibrates_each_member_once(data: dict) -> None:
     fused = ensemble.predict(images, ids)
 
     # By hand: members replaying the hand-calibrated files, no calibrators.
-    manual = _ensemble_config(root / "manual", calibrated=False)
+    # (Rounded files: `predictions` members read float32, so exact files would still not compare bit for bit.)
+    manual = _ensemble_config(root / "manual_rounded", calibrated=False)
     expected = Ensemble.from_config(manual).predict(images, ids)
     for got, want in zip(fused, expected):
         assert got.equal(want, atol=2e-4)  # hand files are rounded
