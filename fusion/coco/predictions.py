@@ -228,22 +228,6 @@ class Predictions:
         ids = np.asarray(target_classes.ids, dtype=np.int64)[table[labels]]
         return Predictions(self.image_ids, ids, self.boxes, self.scores)
 
-    def labels_in(self, class_map: ClassMap) -> Tensor:
-        """Contiguous ``class_map`` labels of the category ids, int64 ``[N]``.
-
-        Raises:
-            ValueError: a category id ``class_map`` lacks (naming the first such record's index).
-        """
-        labels = class_map.labels_from_ids(torch.from_numpy(self.category_ids))
-        unknown = np.flatnonzero(labels.numpy() < 0)
-        if len(unknown):
-            index = int(unknown[0])
-            raise ValueError(
-                f"COCO results record [{index}] has category_id {int(self.category_ids[index])}, which the class map "
-                f"({len(class_map)} classes, ids {min(class_map.ids)}..{max(class_map.ids)}) does not have"
-            )
-        return labels
-
     def to_detections(
         self,
         class_map: ClassMap,
@@ -264,7 +248,13 @@ class Predictions:
         Raises:
             ValueError: a category id ``class_map`` lacks (naming the record's index).
         """
-        labels = self.labels_in(class_map)
+        labels = class_map.labels_from_ids(torch.from_numpy(self.category_ids))
+        if bool((labels < 0).any()):
+            index = int(torch.nonzero(labels < 0)[0])
+            raise ValueError(
+                f"COCO results record [{index}] has category_id {int(self.category_ids[index])}, which the class map "
+                f"({len(class_map)} classes, ids {min(class_map.ids)}..{max(class_map.ids)}) does not have"
+            )
         wanted = np.asarray(list(image_ids or ()), dtype=np.int64).reshape(-1)
         keys = np.concatenate([wanted, np.setdiff1d(np.unique(self.image_ids), wanted)])
         by_id = np.argsort(keys, kind="stable")
@@ -286,7 +276,7 @@ class Predictions:
     def _split(
         self, positions: np.ndarray, labels: Tensor, sizes: Sequence[Any], device: torch.device | str
     ) -> list[Detections]:
-        """One :class:`Detections` per image slot: record ``i`` goes to slot ``positions[i]`` (of ``len(sizes)``)."""
+        """One :class:`Detections` per slot of ``sizes``; record ``i`` goes to slot ``positions[i]``."""
         order = np.argsort(positions, kind="stable")
         counts = np.bincount(positions, minlength=len(sizes)).tolist()
         boxes = box_convert(torch.from_numpy(self.boxes[order]), "xywh", "xyxy").to(device)
