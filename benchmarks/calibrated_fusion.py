@@ -22,9 +22,9 @@ from fusion.calibration import (
     detection_ece,
     fit_calibrator_set,
     fit_member_calibrator,
-    ground_truth_from_coco,
 )
 from fusion.classes import ClassMap
+from fusion.coco.annotations import load_annotations
 from fusion.interop import from_coco_records, to_coco_records
 from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
@@ -34,7 +34,7 @@ MEMBERS = {"over": 0.4, "under": 2.5, "fair": 1.0}
 def split(num_images: int, seed: int) -> tuple[dict, ClassMap, dict, dict]:
     gt = make_coco_ground_truth(num_images, seed=seed, crowd_fraction=0.02)
     class_map = ClassMap.from_coco_categories(gt["categories"])
-    truth = ground_truth_from_coco(gt, class_map)
+    truth = load_annotations(gt).detections()
     sizes = {i: d.image_size for i, d in truth.items()}
     members = {
         name: from_coco_records(

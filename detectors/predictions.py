@@ -10,6 +10,7 @@ Matching images to records:
       came from a file: the longest trailing part of the path equal to a ``file_name`` wins. A file that matches no
       ``file_name`` is an error (naming the file), since it means the mapping is not the one the images belong to.
 
+Records are read by :func:`fusion.coco.predictions.load_predictions` (boxes and scores float64: the file's values).
 An image with no records gets empty :class:`Detections`: the saved member simply found nothing there, exactly as a
 running detector would. Labels: ``category_id`` values are read through ``classes`` (default ``coco91``) and
 translated by name into the ensemble vocabulary (``drop_classes`` as for the other adapters).
@@ -26,11 +27,11 @@ from pydantic import Field
 
 from detectors.labels import label_lookup, map_labels
 from fusion.classes import ClassMap
+from fusion.coco.predictions import load_predictions
 from fusion.detections import Detections
 from fusion.detector import Detector, ImageBatch, MemberConfig
-from fusion.interop import from_coco_records
 
-__all__ = ["PredictionsDetector", "read_records"]
+__all__ = ["PredictionsDetector"]
 
 
 class PredictionsConfig(MemberConfig):
@@ -50,37 +51,6 @@ class PredictionsConfig(MemberConfig):
     score_thr: float = Field(0.0, ge=0, le=1)
     images: str | None = None
     drop_classes: list[str] = Field(default_factory=list)
-
-
-def read_records(path: str | Path) -> list[dict[str, Any]]:
-    """COCO results records from a ``.json`` (list, or dict with ``annotations``) or ``.jsonl`` file.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: not valid JSON (the line is named for JSONL) or not a list of records.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"predictions file {path} does not exist")
-    text = path.read_text()
-    if path.suffix == ".jsonl":
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{number}: not valid JSON: {exc}") from None
-        return records
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON: {exc}") from None
-    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
-        data = data["annotations"]
-    if not isinstance(data, list):
-        raise ValueError(f"{path}: expected a list of COCO results records (or a dict with 'annotations')")
-    return data
 
 
 def _relabel(det: Detections, labels: torch.Tensor) -> Detections:
@@ -107,15 +77,18 @@ class PredictionsDetector(Detector):
         super().__init__(config, class_map, torch.device(device))
         source = ClassMap.load(config.classes)
         self.lookup = label_lookup(source, class_map, config.drop_classes, config.name)
-        records = [r for r in read_records(config.path) if float(r.get("score", 1.0)) >= config.score_thr]
         try:
-            per_image = from_coco_records(records, source)
+            preds = load_predictions(config.path)  # its errors name the file and the record
+        except ValueError as exc:
+            raise ValueError(f"member {config.name!r}: {exc}") from None
+        try:
+            per_image = preds.to_detections(source)
         except ValueError as exc:
             raise ValueError(f"member {config.name!r}, {config.path}: {exc}") from None
-        # from_coco_records gives the source's contiguous labels; the lookup is keyed by external ids.
+        # to_detections gives the source's contiguous labels; the lookup is keyed by external ids.
         self.detections = {
             _key(image_id): map_labels(_relabel(det, source.ids_from_labels(det.labels)), self.lookup)
-            for image_id, det in per_image.items()
+            for image_id, det in ((i, d[d.scores >= config.score_thr]) for i, d in per_image.items())
         }
         self.file_ids: dict[str, Any] = {}
         if config.images is not None:
@@ -158,7 +131,7 @@ class PredictionsDetector(Detector):
         for index, size in enumerate(batch.sizes):
             found = self.detections.get(self.image_id_of(batch, index))
             if found is None:
-                out.append(Detections.empty(size, device=self.device))
+                out.append(Detections.empty(size, device=self.device, dtype=torch.float64))
             else:
                 out.append(found.replace(image_size=size).to(self.device))
         return out

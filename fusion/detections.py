@@ -128,12 +128,14 @@ class Detections:
         image_size: tuple[int, int] | None = None,
         device: torch.device | str | None = None,
         extras: Iterable[str] | Mapping[str, torch.dtype] = (),
+        dtype: torch.dtype = torch.float32,
     ) -> Detections:
-        """No detections; ``extras`` names keys to create as empty tensors (int64, or the dtypes given)."""
+        """No detections; ``extras`` names keys to create as empty tensors (int64, or the dtypes given); boxes and
+        scores of ``dtype`` (float32, or float64 as saved results are read)."""
         dtypes = extras if isinstance(extras, Mapping) else dict.fromkeys(extras, torch.int64)
         return cls(
-            torch.zeros((0, 4), device=device),
-            torch.zeros(0, device=device),
+            torch.zeros((0, 4), dtype=dtype, device=device),
+            torch.zeros(0, dtype=dtype, device=device),
             torch.zeros(0, dtype=torch.int64, device=device),
             image_size,
             {key: torch.zeros(0, dtype=dtype, device=device) for key, dtype in dtypes.items()},
@@ -260,7 +262,9 @@ class Detections:
     @property
     def areas(self) -> Tensor:
         """Box areas ``[N]`` in square pixels."""
-        return (self.boxes[:, 2] - self.boxes[:, 0]) * (self.boxes[:, 3] - self.boxes[:, 1])
+        from fusion.boxes import box_area  # torchvision: not loaded by ``import fusion``
+
+        return box_area(self.boxes)
 
     def numpy(self) -> dict[str, Any]:
         """Plain numpy arrays: ``{"boxes", "scores", "labels", "image_size", **extras}``."""
@@ -272,6 +276,54 @@ class Detections:
         }
         out.update({key: value.detach().cpu().numpy() for key, value in self.extras.items()})
         return out
+
+    # ------------------------------------------------------------------ comparison
+    def mismatch(self, other: object, atol: float = 0.0, rtol: float = 0.0) -> str | None:
+        """The first difference from ``other`` in words, or None when they are equal.
+
+        Equal means: both :class:`Detections`, same length, ``image_size``, device, extras keys, and for every
+        tensor (boxes, scores, labels, each extra) the same dtype and values. Floating-point tensors may differ by
+        ``atol + rtol * |other|`` (exact by default, NaN never equal); integer and bool tensors must be identical.
+        """
+        if not isinstance(other, Detections):
+            return f"other is a {type(other).__name__}, not Detections"
+        if len(self) != len(other):
+            return f"{len(self)} detections vs {len(other)}"
+        if self.image_size != other.image_size:
+            return f"image_size {self.image_size} vs {other.image_size}"
+        if self.device != other.device:
+            return f"device {self.device} vs {other.device}"
+        if self.extras.keys() != other.extras.keys():
+            return f"extras {sorted(self.extras)} vs {sorted(other.extras)}"
+        fields = {"boxes": self.boxes, "scores": self.scores, "labels": self.labels}
+        fields.update({f"extras[{key!r}]": value for key, value in self.extras.items()})
+        theirs = {"boxes": other.boxes, "scores": other.scores, "labels": other.labels}
+        theirs.update({f"extras[{key!r}]": value for key, value in other.extras.items()})
+        for name, mine in fields.items():
+            other_value = theirs[name]
+            if mine.dtype != other_value.dtype or mine.shape != other_value.shape:
+                return f"{name}: {mine.dtype} {list(mine.shape)} vs {other_value.dtype} {list(other_value.shape)}"
+            if mine.is_floating_point() and (atol or rtol):
+                same = torch.isclose(mine, other_value, rtol=rtol, atol=atol)
+            else:
+                same = mine == other_value
+            if not bool(same.all()):
+                row = int((~same).nonzero()[0, 0])
+                return f"{name}[{row}]: {mine[row].tolist()} vs {other_value[row].tolist()}"
+        return None
+
+    def equal(self, other: object, atol: float = 0.0, rtol: float = 0.0) -> bool:
+        """Whether ``other`` holds the same detections (see :meth:`mismatch`; floats within ``atol``/``rtol``)."""
+        return self.mismatch(other, atol, rtol) is None
+
+    def __eq__(self, other: object) -> bool:
+        """Exact equality of every field (dtypes included); see :meth:`mismatch` for the first difference."""
+        if not isinstance(other, Detections):
+            return NotImplemented
+        return self.mismatch(other) is None
+
+    # Mutable containers of tensors compare by value, so they cannot be hashed (as lists cannot).
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         extras = f", extras={sorted(self.extras)}" if self.extras else ""

@@ -3,7 +3,8 @@
 * torchvision detection outputs: ``{"boxes": [N,4] xyxy pixels, "scores": [N], "labels": [N] int64}``;
 * ultralytics ``Results`` (``.boxes.xyxy``, ``.conf``, ``.cls`` as floats, ``.orig_shape``);
 * supervision ``sv.Detections`` (``xyxy``, ``confidence``, ``class_id``);
-* COCO results records ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``;
+* COCO results records ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}`` (read and written by
+  :mod:`fusion.coco.predictions`);
 * ensemble-boxes' per-model lists of boxes normalised to ``[0, 1]``.
 
 Labels are kept as they come (raw ids of the source); translating them into an ensemble's vocabulary is a
@@ -100,89 +101,32 @@ def from_supervision(
 
 
 # ---------------------------------------------------------------------------------------------- COCO
-def to_coco_records(detections: Detections, image_id: int | str, class_map: ClassMap) -> list[dict[str, Any]]:
-    """:class:`Detections` -> COCO results records; ``category_id`` = ``class_map.ids[label]``, bbox xywh."""
-    arrays = detections.numpy()
-    boxes = arrays["boxes"].astype(np.float64)
-    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-    category_ids = np.asarray(class_map.ids, dtype=np.int64)[arrays["labels"]]
-    return [
-        {
-            "image_id": image_id,
-            "category_id": int(c),
-            "bbox": [round(float(v), 3) for v in b],
-            "score": round(float(s), 5),
-        }
-        for b, c, s in zip(xywh, category_ids, arrays["scores"])
-    ]
+def to_coco_records(detections: Detections, image_id: int, class_map: ClassMap) -> list[dict[str, Any]]:
+    """:class:`Detections` -> COCO results records; ``category_id`` = ``class_map.ids[label]``, bbox xywh rounded as
+    :meth:`fusion.coco.predictions.Predictions.from_detections` rounds it (3 decimals, scores 5)."""
+    from fusion.coco.predictions import Predictions
+
+    return Predictions.from_detections([detections], [image_id], class_map).records()
 
 
 def from_coco_records(
     records: Sequence[Mapping[str, Any]],
     class_map: ClassMap,
-    image_sizes: Mapping[Any, tuple[int, int]] | None = None,
-    image_ids: Iterable[Any] | None = None,
-) -> dict[Any, Detections]:
+    image_sizes: Mapping[int, tuple[int, int]] | None = None,
+    image_ids: Iterable[int] | None = None,
+) -> dict[int, Detections]:
     """COCO results records -> ``{image_id: Detections}`` with labels in ``class_map``'s contiguous indices.
 
-    Args:
-        records: Results records; each needs ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]`` and ``score``.
-        class_map: The vocabulary whose ``ids`` the records' ``category_id`` values are.
-        image_sizes: Optional ``{image_id: (height, width)}`` stored on each :class:`Detections`.
-        image_ids: Images to include even when they have no records (they get empty detections).
+    The records are read by :meth:`fusion.coco.predictions.Predictions.from_records` (float64: the file's values)
+    and split by :meth:`~fusion.coco.predictions.Predictions.to_detections`, whose arguments these are.
 
     Raises:
-        ValueError: a record lacks a key, has a negative width/height, or a category id ``class_map`` lacks
-            (the message gives the record's index).
+        ValueError: a record lacks a key, is malformed, has a negative width/height, or a category id ``class_map``
+            lacks (the message gives the record's index).
     """
-    n = len(records)
-    ids_of_images = [None] * n
-    boxes = np.zeros((n, 4), dtype=np.float64)
-    scores = np.zeros(n, dtype=np.float32)
-    categories = np.zeros(n, dtype=np.int64)
-    for index, record in enumerate(records):
-        try:
-            ids_of_images[index] = record["image_id"]
-            boxes[index] = record["bbox"]
-            scores[index] = record["score"]
-            categories[index] = record["category_id"]
-        except KeyError as exc:
-            raise ValueError(f"COCO results record [{index}] lacks {exc.args[0]!r}: {dict(record)}") from None
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"COCO results record [{index}] is malformed ({exc}): {dict(record)}") from None
-    negative = (boxes[:, 2] < 0) | (boxes[:, 3] < 0)
-    if negative.any():
-        index = int(np.flatnonzero(negative)[0])
-        raise ValueError(
-            f"COCO results record [{index}] has a negative width or height: bbox {records[index]['bbox']}"
-        )
-    labels = class_map.labels_from_ids(torch.from_numpy(categories)).numpy()
-    unknown = labels < 0
-    if unknown.any():
-        index = int(np.flatnonzero(unknown)[0])
-        raise ValueError(
-            f"COCO results record [{index}] has category_id {int(categories[index])}, which the class map "
-            f"({len(class_map)} classes, ids {min(class_map.ids)}..{max(class_map.ids)}) does not have"
-        )
-    xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1).astype(np.float32)
-    keys = np.asarray(ids_of_images, dtype=object)
-    order = (
-        np.argsort(np.asarray([str(k) for k in keys]), kind="stable") if n else np.zeros(0, dtype=np.int64)
-    )
-    out: dict[Any, Detections] = {}
-    if n:
-        sorted_keys = keys[order]
-        starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-        for start, stop in zip(starts, np.r_[starts[1:], n]):
-            rows = order[start:stop]
-            image_id = sorted_keys[start]
-            size = image_sizes.get(image_id) if image_sizes else None
-            out[image_id] = Detections(xyxy[rows], scores[rows], labels[rows], size)
-    for image_id in image_ids or ():
-        if image_id not in out:
-            size = image_sizes.get(image_id) if image_sizes else None
-            out[image_id] = Detections.empty(size)
-    return out
+    from fusion.coco.predictions import Predictions
+
+    return Predictions.from_records(list(records)).to_detections(class_map, image_sizes, image_ids)
 
 
 # ---------------------------------------------------------------------------------------------- ensemble-boxes

@@ -133,6 +133,7 @@ def greedy_clusters(
         # would wait for the device every step, up to r); the rest of a row are empty slots
         width = int(n_clusters[:g].max()) if on_cpu else r
         cand = fused[off[:, None] + cols[:width]]  # [g, width, 4]
+        # not fusion.boxes.box_iou: ensemble-boxes' join IoU to the bit, on the float32-valued (x1, y1, -x2, -y2) slots
         m = torch.maximum(cand, box[:, None, :])
         side = (m[..., :2] + m[..., 2:]).clamp_(max=0)  # -(intersection width, height)
         inter = side[..., 0] * side[..., 1]

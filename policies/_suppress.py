@@ -1,14 +1,15 @@
-"""Helpers of the suppression policies (NMS, NMW, soft-NMS): per-image NMS clusters and elementwise IoU."""
+"""Helpers of the suppression policies (NMS, NMW, soft-NMS): per-image NMS clusters and member weights."""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
+from fusion.boxes import box_iou
 from policies._inputs import Batch
 
-__all__ = ["image_ranges", "nms_clusters", "normalised_weights", "pair_iou"]
+__all__ = ["image_ranges", "nms_clusters", "normalised_weights"]
 
 
 def normalised_weights(batch: Batch) -> Tensor:
@@ -49,21 +50,10 @@ def nms_clusters(
     keep = batched_nms(boxes, scores, keys, iou_thr)
     rank = torch.empty(n, dtype=torch.int64, device=boxes.device)
     rank[torch.sort(scores, descending=True, stable=True).indices] = torch.arange(n, device=boxes.device)
-    iou = box_iou(boxes, boxes[keep]).nan_to_num_(0.0)  # [n, k]; NaN only for two zero-area boxes
+    iou = box_iou(boxes, boxes[keep])  # [n, k]
     ok = (keys[:, None] == keys[keep][None, :]) & (iou > iou_thr) & (rank[keep][None, :] <= rank[:, None])
     marked = torch.where(ok, iou, -1.0)
     k = torch.arange(keep.shape[0], device=boxes.device)
     marked[keep, k] = 2.0  # a kept box is its own cluster
     assign = marked.argmax(dim=1)
     return keep, assign, iou.gather(1, assign[:, None]).squeeze(1)
-
-
-def pair_iou(a: Tensor, b: Tensor) -> Tensor:
-    """IoU of broadcast pairs of xyxy boxes ``a[..., 4]`` and ``b[..., 4]`` (0 where both have zero area)."""
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return (inter / (area_a + area_b - inter)).nan_to_num_(0.0)

@@ -8,11 +8,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from fusion.boxes import box_iou
 from fusion.detections import Detections
 from fusion.policy import FusionPolicy, PolicyParams
 from policies._clusters import make_layout
 from policies._inputs import assemble, flatten, group_keys
-from policies._suppress import normalised_weights, pair_iou
+from policies._suppress import normalised_weights
 
 __all__ = ["SoftNMS", "SoftNMSParams"]
 
@@ -71,7 +72,7 @@ class SoftNMS(FusionPolicy):
             rows = torch.arange(g, device=device)
             pick = cur.masked_fill(fin, -torch.inf).argmax(dim=1)
             fin[rows, pick] = True
-            iou = pair_iou(box[rows, pick][:, None, :], box)  # [g, K]
+            iou = box_iou(box[rows, pick][:, None, :], box)[:, 0]  # [g, K]
             if p.method == "linear":
                 decay = torch.where(iou > p.iou_thr, 1.0 - iou, 1.0)
             else:
@@ -80,7 +81,7 @@ class SoftNMS(FusionPolicy):
         kept = valid & (current > p.score_thr)
         group, col = kept.nonzero(as_tuple=True)
         # votes: distinct members with an overlapping box in the group
-        overlap = (pair_iou(boxes[group, col][:, None, :], boxes[group]) > p.iou_thr) & valid[group]
+        overlap = (box_iou(boxes[group, col][:, None, :], boxes[group])[:, 0] > p.iou_thr) & valid[group]
         overlap[torch.arange(group.shape[0], device=device), col] = True
         present = torch.zeros((group.shape[0], batch.n_members), dtype=torch.float64, device=device)
         present.scatter_add_(1, batch.member[index[group]], overlap.to(torch.float64))

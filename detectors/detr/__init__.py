@@ -13,15 +13,13 @@ Example:
 from .calibration import modulate_logits, query_uncertainty
 from .checkpoint import load_checkpoint, load_official, save_checkpoint
 from .model import DETR, PRESETS, DetrConfig, build_detr
-from .postprocess import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, postprocess
+from .postprocess import postprocess
 from .preprocess import nested_batch, resize_shorter_side
 
 __all__ = [
     "DETR",
     "PRESETS",
     "DetrConfig",
-    "box_cxcywh_to_xyxy",
-    "box_xyxy_to_cxcywh",
     "build_detr",
     "load_checkpoint",
     "load_official",

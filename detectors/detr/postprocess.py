@@ -8,21 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fusion.boxes import box_convert
 from fusion.detections import Detections
 
-__all__ = ["box_cxcywh_to_xyxy", "box_xyxy_to_cxcywh", "postprocess"]
-
-
-def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
-    """``[..., 4]`` (cx, cy, w, h) -> (x1, y1, x2, y2)."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``[..., 4]`` (x1, y1, x2, y2) -> (cx, cy, w, h)."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
+__all__ = ["postprocess"]
 
 
 @torch.no_grad()
@@ -54,7 +43,7 @@ def postprocess(
     scores, labels = prob[..., :-1].max(-1)
     height, width = sizes.unbind(1)
     scale = torch.stack((width, height, width, height), dim=1)[:, None, :]
-    xyxy = box_cxcywh_to_xyxy(boxes.float()) * scale
+    xyxy = box_convert(boxes.float(), "cxcywh", "xyxy") * scale
     query = torch.arange(num_queries, device=logits.device).expand(batch, -1)
     if top_k is not None and top_k < num_queries:
         if top_k < 1:

@@ -31,7 +31,7 @@ from fusion.calibration.dece import (
     matched_pairs,
 )
 from fusion.calibration.fit import fit_calibrator_set, fit_member_calibrator
-from fusion.calibration.matching import MatchResult, ground_truth_from_coco, match_detections, match_image
+from fusion.calibration.matching import MatchResult, match_detections, match_image
 from fusion.calibration.sets import (
     CalibratorSet,
     apply_calibrators,
@@ -59,7 +59,6 @@ __all__ = [
     "fit_calibrator",
     "fit_calibrator_set",
     "fit_member_calibrator",
-    "ground_truth_from_coco",
     "introduced_ties",
     "load_member_calibrator",
     "match_detections",

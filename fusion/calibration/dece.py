@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
+from fusion.boxes import box_convert
 from fusion.calibration.matching import match_detections
 from fusion.detections import Detections
 
@@ -154,7 +155,7 @@ def matched_pairs(
 
     Args:
         predictions: ``{image_id: Detections}`` (or a list aligned with ``ground_truth``).
-        ground_truth: ``{image_id: Detections}`` of GT boxes (see :func:`~fusion.calibration.ground_truth_from_coco`).
+        ground_truth: ``{image_id: Detections}`` of GT boxes (see :meth:`~fusion.coco.annotations.CocoGroundTruth.detections`).
         iou_thr: Minimum IoU for a TP.
         class_agnostic_matching: Let a detection match a GT box of another class.
     """
@@ -173,15 +174,7 @@ def matched_pairs(
     counts = torch.tensor([len(d) for d in preds], device=device)
     h, w = sizes.repeat_interleave(counts, dim=0).unbind(1)
     b = torch.cat([d.boxes for d in preds]).reshape(-1, 4)
-    cxcywh = torch.stack(
-        [
-            (b[:, 0] + b[:, 2]) / 2 / w,
-            (b[:, 1] + b[:, 3]) / 2 / h,
-            (b[:, 2] - b[:, 0]) / w,
-            (b[:, 3] - b[:, 1]) / h,
-        ],
-        1,
-    )
+    cxcywh = box_convert(b, "xyxy", "cxcywh") / torch.stack([w, h, w, h], 1)
     pairs = MatchedPairs(
         torch.cat([d.scores for d in preds]),
         torch.cat([r.is_tp for r in results]),

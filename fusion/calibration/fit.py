@@ -26,7 +26,7 @@ def fit_member_calibrator(
     Args:
         predictions: ``{image_id: Detections}`` of the member on the validation images (uncalibrated scores).
         ground_truth: ``{image_id: Detections}`` of GT boxes (``extras["iscrowd"]`` optional), e.g. from
-            :func:`~fusion.calibration.ground_truth_from_coco`. Images with GT but no predictions count as empty.
+            :meth:`~fusion.coco.annotations.CocoGroundTruth.detections`. Images with GT but no predictions count as empty.
         method: ``isotonic`` (default; reported to beat train-time calibration), ``temperature`` or ``histogram``.
         per_class: Also fit one curve per class with enough matched detections (others use the overall curve).
         iou_thr: IoU for a detection to count as correct. Every detection is used (no score threshold), so the

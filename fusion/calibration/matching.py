@@ -17,16 +17,16 @@ all images of a chunk), never over single boxes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
 
+from fusion.boxes import box_area, box_iou
 from fusion.detections import Detections
 
-__all__ = ["MatchResult", "batched_box_iou", "ground_truth_from_coco", "match_detections", "match_image"]
+__all__ = ["MatchResult", "match_detections", "match_image"]
 
 # Images per chunk: bounds the padded [images, detections, gt] IoU tensor (~ chunk * 300 * 60 floats).
 _CHUNK = 256
@@ -47,21 +47,16 @@ class MatchResult:
     gt_index: Tensor
 
 
-def batched_box_iou(boxes1: Tensor, boxes2: Tensor, crowd_iof: bool = False) -> Tensor:
-    """IoU of padded box batches: ``[B, N, 4]`` x ``[B, G, 4]`` (xyxy) -> ``[B, N, G]``.
+def _crowd_overlap(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """Intersection over the area of ``boxes1`` for padded batches ``[B, N, 4]`` x ``[B, G, 4]`` -> ``[B, N, G]``.
 
-    Same formula as ``torchvision.ops.box_iou``, batched. With ``crowd_iof`` the denominator is the area of
-    ``boxes1`` alone (COCO's overlap with a crowd region). Empty unions give 0.
+    Not an IoU (so not in :mod:`fusion.boxes`): COCO measures a detection's overlap with a crowd region over the
+    detection's own area. Zero-area detections give 0.
     """
     lt = torch.maximum(boxes1[:, :, None, :2], boxes2[:, None, :, :2])
     rb = torch.minimum(boxes1[:, :, None, 2:], boxes2[:, None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(dim=-1)
-    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
-    if crowd_iof:
-        denom = area1[:, :, None].expand_as(inter)
-    else:
-        area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
-        denom = area1[:, :, None] + area2[:, None, :] - inter
+    denom = box_area(boxes1)[:, :, None].expand_as(inter)
     return torch.where(denom > 0, inter / denom.clamp(min=1e-12), torch.zeros_like(inter))
 
 
@@ -125,8 +120,8 @@ def _match_chunk(
         gt_crowd = gt_pad(torch.cat([_crowd(g) for g in gts]).to(device), False)
         dtype = torch.promote_types(det_boxes.dtype, gt_boxes.dtype)
         det_boxes, gt_boxes = det_boxes.to(dtype), gt_boxes.to(dtype)
-        iou = batched_box_iou(det_boxes, gt_boxes)
-        iof = batched_box_iou(det_boxes, gt_boxes, crowd_iof=True)
+        iou = box_iou(det_boxes, gt_boxes)
+        iof = _crowd_overlap(det_boxes, gt_boxes)
         eligible = gt_pad.valid()[:, None, :].expand(n_img, n_max, g_max)
         if not class_agnostic:
             eligible = eligible & (det_labels[:, :, None] == gt_labels[:, None, :])
@@ -200,56 +195,3 @@ def match_image(
 ) -> MatchResult:
     """:func:`match_detections` for one image."""
     return match_detections([detections], [ground_truth], iou_thr, class_agnostic)[0]
-
-
-def ground_truth_from_coco(
-    dataset: Mapping[str, Any], class_map: Any = None, device: torch.device | str | None = None
-) -> dict[int, Detections]:
-    """A COCO annotation dict -> ``{image_id: Detections}`` of its GT boxes (every image, even without boxes).
-
-    Labels are indices of ``class_map`` (default: the file's own ``categories`` in file order); each
-    :class:`Detections` has score 1, ``image_size`` from the image record and ``extras["iscrowd"]`` (bool).
-
-    Raises:
-        ValueError: an annotation of an unknown image or of a category the class map lacks (naming its index).
-    """
-    import numpy as np
-
-    from fusion.classes import ClassMap
-
-    if class_map is None:
-        class_map = ClassMap.from_coco_categories(dataset["categories"])
-    images = list(dataset.get("images", []))
-    anns = list(dataset.get("annotations", []))
-    sizes = {int(im["id"]): (int(im["height"]), int(im["width"])) for im in images}
-    ann_images = np.asarray([int(a["image_id"]) for a in anns], dtype=np.int64)
-    unknown = np.flatnonzero(~np.isin(ann_images, np.asarray(list(sizes), dtype=np.int64)))
-    if len(unknown):
-        i = int(unknown[0])
-        raise ValueError(f"annotations[{i}] has image_id {int(ann_images[i])}, which is not in 'images'")
-    xywh = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
-    cats = torch.as_tensor([int(a["category_id"]) for a in anns], dtype=torch.int64)
-    labels = class_map.labels_from_ids(cats).numpy()
-    bad = np.flatnonzero(labels < 0)
-    if len(bad):
-        i = int(bad[0])
-        raise ValueError(
-            f"annotations[{i}] has category_id {int(cats[i])}, which the class map does not have"
-        )
-    crowd = np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
-    order = np.argsort(ann_images, kind="stable")
-    ids_sorted = ann_images[order]
-    out: dict[int, Detections] = {}
-    for image_id, size in sizes.items():
-        lo, hi = np.searchsorted(ids_sorted, image_id, "left"), np.searchsorted(ids_sorted, image_id, "right")
-        rows = order[lo:hi]
-        out[image_id] = Detections(
-            torch.from_numpy(xyxy[rows]),  # float64: the file's values, as COCO's own matching uses them
-            np.ones(len(rows)),
-            labels[rows],
-            size,
-            {"iscrowd": torch.from_numpy(crowd[rows])},
-            device=device,
-        )
-    return out

@@ -61,18 +61,6 @@ def _member_names(config: Any) -> list[str]:
     return [m.name for m in config.members]
 
 
-def _read_records(path: Path) -> list[Any]:
-    from fusion.coco.annotations import read_json
-    from fusion.coco.predictions import read_jsonl
-
-    if not path.exists():
-        raise FileNotFoundError(f"predictions file {path} does not exist")
-    records = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
-    if not isinstance(records, list):
-        raise ValueError(f"{path}: COCO results must be a JSON list of records, got {type(records).__name__}")
-    return records
-
-
 def _prediction_paths(args: argparse.Namespace, config: dict[str, Any]) -> dict[str, Path]:
     given: dict[str, Path] = {}
     for item in args.predictions:
@@ -105,26 +93,19 @@ def _load_inputs(
     Everything is matched in the ensemble's vocabulary (the labels calibrators see at prediction time); dataset
     classes the ensemble lacks become label -1, which no detection can match.
     """
-    from fusion.calibration import ground_truth_from_coco
     from fusion.coco.annotations import load_annotations
-    from fusion.interop import from_coco_records
+    from fusion.coco.predictions import load_predictions
 
     annotations = Path(args.annotations)
     gt = load_annotations(annotations)  # validated: ids, categories, boxes (errors name the list and index)
     to_ensemble = gt.class_map.translation_to(ensemble_map, strict=False)
-    truth = ground_truth_from_coco(gt.dataset, gt.class_map)
+    truth = gt.detections()
     truth = {i: g.replace(labels=to_ensemble[g.labels]) for i, g in truth.items()}
     sizes = {i: g.image_size for i, g in truth.items()}
     per_member = {}
     for member, path in _prediction_paths(args, config).items():
-        records = _read_records(path)
-        unknown = {r.get("image_id") for r in records if isinstance(r, dict)} - set(truth)
-        if unknown:
-            raise ValueError(f"{path}: image id {sorted(unknown, key=str)[0]!r} is not in {annotations}")
-        try:
-            preds = from_coco_records(records, gt.class_map, sizes, truth.keys())
-        except ValueError as exc:
-            raise ValueError(f"{path}: {exc}") from None
+        # checked against the annotations: image and category ids they lack are errors naming the file
+        preds = load_predictions(path, gt).to_detections(gt.class_map, sizes, truth.keys())
         bad = {i: d for i, d in preds.items() if bool((to_ensemble[d.labels] < 0).any())}
         if bad:
             raise ValueError(

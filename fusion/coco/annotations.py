@@ -1,4 +1,4 @@
-"""COCO ground truth: load an annotation file, validate it, and expose it as arrays.
+"""COCO ground truth: load an annotation file, validate it, and expose it as arrays and as :class:`Detections`.
 
 pycocotools trusts its input: a duplicate id, an annotation of an unknown category or an annotation id 0 give silently
 wrong numbers (id 0 is never counted as matched, so perfect detections score 0.2525 AP). :func:`load_annotations`
@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 import orjson
+import torch
 
+from fusion.boxes import box_convert
 from fusion.classes import ClassMap
+from fusion.detections import Detections
 from fusion.io import paused_gc
 
 __all__ = ["CocoGroundTruth", "load_annotations", "read_json"]
@@ -94,6 +97,27 @@ class CocoGroundTruth:
             [self.file_names[p] for p in rows.tolist()],
             self.source,
         )
+
+    def detections(self, device: torch.device | str | None = None) -> dict[int, Detections]:
+        """The GT boxes as ``{image_id: Detections}``, every image in file order (empty ones too).
+
+        Boxes are float64 xyxy (the file's values, as COCO's own matching uses them), scores 1, labels
+        :attr:`class_map` indices, ``image_size`` from the image record and ``extras["iscrowd"]`` (bool).
+        """
+        anns = self.dataset["annotations"]
+        xywh = torch.from_numpy(np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4))
+        boxes = box_convert(xywh, "xywh", "xyxy")
+        cats = torch.as_tensor([a["category_id"] for a in anns], dtype=torch.int64)
+        labels = self.class_map.labels_from_ids(cats)
+        crowd = torch.as_tensor([bool(a.get("iscrowd", 0)) for a in anns], dtype=torch.bool)
+        positions = self.positions(np.asarray([a["image_id"] for a in anns], dtype=np.int64).reshape(-1))
+        order = torch.from_numpy(np.argsort(positions, kind="stable"))
+        counts = np.bincount(positions, minlength=len(self)).tolist()
+        parts = (torch.split(t[order].to(device), counts) for t in (boxes, labels, crowd))
+        return {
+            image_id: Detections(b, torch.ones_like(b[:, 0]), lab, (h, w), {"iscrowd": c}, check_values=False)
+            for image_id, (h, w), b, lab, c in zip(self.image_ids.tolist(), self.sizes.tolist(), *parts)
+        }
 
 
 def _missing(records: list[Any], keys: tuple[str, ...], where: str, source: str) -> None:

@@ -6,7 +6,7 @@ and one ``torch.split``, never a Python loop over records.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,14 +14,16 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
+from torch import Tensor
 
+from fusion.boxes import box_convert
 from fusion.classes import ClassMap
 from fusion.coco.annotations import CocoGroundTruth, read_json
 from fusion.coco.rounding import round_decimals
 from fusion.detections import Detections
 from fusion.io import atomic_write_bytes, paused_gc
 
-__all__ = ["BOX_DECIMALS", "SCORE_DECIMALS", "Predictions", "load_predictions", "read_jsonl"]
+__all__ = ["BOX_DECIMALS", "SCORE_DECIMALS", "Predictions", "load_predictions", "read_jsonl", "read_results"]
 
 # Results are rounded once, when they are made, so that what is evaluated in memory is exactly what a saved file
 # holds: a run resumed from its cache, or `fusion fuse` on saved files, then gives the same numbers. Rounding is
@@ -147,10 +149,10 @@ class Predictions:
         if not detections:
             return cls.empty()
         counts = np.asarray([len(d) for d in detections], dtype=np.int64)
-        xyxy = torch.cat([d.boxes.detach().cpu() for d in detections]).double().numpy()
+        xyxy = torch.cat([d.boxes.detach().cpu() for d in detections]).double()
         scores = torch.cat([d.scores.detach().cpu() for d in detections]).double().numpy()
         labels = torch.cat([d.labels.detach().cpu() for d in detections]).numpy()
-        xywh = np.concatenate([xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]], axis=1)
+        xywh = box_convert(xyxy, "xyxy", "xywh").numpy()
         if decimals:
             xywh = round_decimals(xywh, BOX_DECIMALS)
             scores = round_decimals(scores, SCORE_DECIMALS)
@@ -226,27 +228,64 @@ class Predictions:
         ids = np.asarray(target_classes.ids, dtype=np.int64)[table[labels]]
         return Predictions(self.image_ids, ids, self.boxes, self.scores)
 
+    def to_detections(
+        self,
+        class_map: ClassMap,
+        image_sizes: Mapping[int, tuple[int, int] | None] | None = None,
+        image_ids: Iterable[int] | None = None,
+        device: torch.device | str = "cpu",
+    ) -> dict[int, Detections]:
+        """``{image_id: Detections}``: float64 pixel xyxy boxes and scores (the file's values, exactly), labels in
+        ``class_map``'s contiguous indices, records of an image in file order.
+
+        Args:
+            class_map: The vocabulary whose ``ids`` the ``category_ids`` are.
+            image_sizes: Optional ``{image_id: (height, width)}`` stored on each :class:`Detections`.
+            image_ids: Images to include even without records (they get empty detections); they come first, in
+                this order, then the other images of the records by ascending id.
+            device: Where the tensors go.
+
+        Raises:
+            ValueError: a category id ``class_map`` lacks (naming the record's index).
+        """
+        labels = class_map.labels_from_ids(torch.from_numpy(self.category_ids))
+        if bool((labels < 0).any()):
+            index = int(torch.nonzero(labels < 0)[0])
+            raise ValueError(
+                f"COCO results record [{index}] has category_id {int(self.category_ids[index])}, which the class map "
+                f"({len(class_map)} classes, ids {min(class_map.ids)}..{max(class_map.ids)}) does not have"
+            )
+        wanted = np.asarray(list(image_ids or ()), dtype=np.int64).reshape(-1)
+        keys = np.concatenate([wanted, np.setdiff1d(np.unique(self.image_ids), wanted)])
+        by_id = np.argsort(keys, kind="stable")
+        positions = by_id[np.searchsorted(keys[by_id], self.image_ids)]
+        sizes = [(image_sizes or {}).get(k) for k in keys.tolist()]
+        return dict(zip(keys.tolist(), self._split(positions, labels, sizes, device)))
+
     def split_by_image(self, gt: CocoGroundTruth, device: torch.device | str = "cpu") -> list[Detections]:
-        """One :class:`Detections` per image of ``gt`` (in ``gt.image_ids`` order; empty where none), labels in
-        ``gt.class_map`` indices, pixel xyxy float64 boxes and scores (the file's values, exactly; see
-        :class:`~fusion.detections.Detections`), ``image_size`` from the annotations."""
+        """One :class:`Detections` per image of ``gt`` (in ``gt.image_ids`` order; empty where none), as
+        :meth:`to_detections` makes them, labels in ``gt.class_map`` indices and ``image_size`` from the annotations.
+
+        Raises:
+            ValueError: image or category ids ``gt`` lacks (see :meth:`check_against`).
+        """
         self.check_against(gt)
-        positions = gt.positions(self.image_ids)
+        labels = gt.class_map.labels_from_ids(torch.from_numpy(self.category_ids))
+        return self._split(gt.positions(self.image_ids), labels, gt.sizes.tolist(), device)
+
+    def _split(
+        self, positions: np.ndarray, labels: Tensor, sizes: Sequence[Any], device: torch.device | str
+    ) -> list[Detections]:
+        """One :class:`Detections` per slot of ``sizes``; record ``i`` goes to slot ``positions[i]``."""
         order = np.argsort(positions, kind="stable")
-        counts = np.bincount(positions, minlength=len(gt)).tolist()
-        xyxy = np.concatenate([self.boxes[:, :2], self.boxes[:, :2] + self.boxes[:, 2:]], axis=1)[order]
-        labels = gt.class_map.labels_from_ids(torch.from_numpy(self.category_ids[order]))
-        boxes_t = torch.from_numpy(xyxy).to(device)
-        scores_t = torch.from_numpy(self.scores[order]).to(device)
-        labels_t = labels.to(device)
-        sizes = gt.sizes.tolist()
+        counts = np.bincount(positions, minlength=len(sizes)).tolist()
+        boxes = box_convert(torch.from_numpy(self.boxes[order]), "xywh", "xyxy").to(device)
+        scores = torch.from_numpy(self.scores[order]).to(device)
+        labels = labels[torch.from_numpy(order)].to(device)
         return [
-            Detections(b, s, lab, (h, w), check_values=False)
-            for b, s, lab, (h, w) in zip(
-                torch.split(boxes_t, counts),
-                torch.split(scores_t, counts),
-                torch.split(labels_t, counts),
-                sizes,
+            Detections(b, s, lab, size, check_values=False)
+            for b, s, lab, size in zip(
+                torch.split(boxes, counts), torch.split(scores, counts), torch.split(labels, counts), sizes
             )
         ]
 
@@ -318,13 +357,41 @@ def read_jsonl(path: str | Path) -> list[Any]:
     return records
 
 
+def read_results(path: str | Path) -> list[Any]:
+    """The records of a COCO results file: a ``.json`` list (or a dataset-style dict whose ``annotations`` carry
+    ``score``), or a ``.jsonl`` file of one record per line (see :func:`read_jsonl`).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not valid JSON (the line is named for JSONL), or not a list of records.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"predictions file {path} does not exist")
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    data = read_json(path)
+    if isinstance(data, dict) and isinstance(data.get("annotations"), list):
+        data = data["annotations"]
+    if not isinstance(data, list):
+        raise ValueError(
+            f"{path}: COCO results must be a JSON list of records (or a dict with 'annotations'), "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
 def load_predictions(
     path: str | Path, gt: CocoGroundTruth | None = None, pred_classes: str | ClassMap | None = None
 ) -> Predictions:
-    """Read a COCO results file (``.json`` list, or ``.jsonl``), optionally translate its category ids from
-    ``pred_classes`` (e.g. ``"coco80"``) into ``gt``'s by name, and check it against ``gt``."""
+    """Read a COCO results file (see :func:`read_results`), optionally translate its category ids from
+    ``pred_classes`` (e.g. ``"coco80"``) into ``gt``'s by name, and check it against ``gt``.
+
+    The one reader of results files: float64 columns holding the file's values; :meth:`Predictions.to_detections`
+    and :meth:`Predictions.split_by_image` make :class:`Detections` of them.
+    """
     path = Path(path)
-    records = read_jsonl(path) if path.suffix == ".jsonl" else read_json(path)
+    records = read_results(path)
     preds = Predictions.from_records(records, source=str(path))
     if pred_classes is not None:
         if gt is None:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fusion.coco.predictions import Predictions, read_jsonl
+from fusion.coco.predictions import Predictions, load_predictions
 from fusion.io import atomic_write_json
 
 __all__ = ["MemberCache"]
@@ -92,7 +92,4 @@ class MemberCache:
 
     def load(self) -> dict[str, Predictions]:
         """Every member's cached predictions."""
-        return {
-            name: Predictions.from_records(read_jsonl(self.path(name)), source=str(self.path(name)))
-            for name in self.member_names
-        }
+        return {name: load_predictions(self.path(name)) for name in self.member_names}

@@ -24,10 +24,7 @@ def ground_truth_detections(gt: CocoGroundTruth) -> list[Detections]:
     """The GT boxes of every image of ``gt`` (in ``gt.image_ids`` order) with ``extras["iscrowd"]``; cached on ``gt``."""
     cache = gt.__dict__.setdefault("_backend_cache", {})
     if "calibration_truth" not in cache:
-        from fusion.calibration.matching import ground_truth_from_coco
-
-        truth = ground_truth_from_coco(gt.dataset, gt.class_map)
-        cache["calibration_truth"] = [truth[int(i)] for i in gt.image_ids.tolist()]
+        cache["calibration_truth"] = list(gt.detections().values())
     return cache["calibration_truth"]
 
 

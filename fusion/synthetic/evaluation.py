@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from fusion.boxes import box_convert
 from fusion.coco.predictions import BOX_DECIMALS, SCORE_DECIMALS, Predictions
 
 __all__ = ["synthetic_annotations", "synthetic_predictions"]
@@ -133,11 +134,10 @@ def synthetic_predictions(
     fp_score = rng.beta(1.2, 6, len(fp_img))
     # Detectors clip their boxes to the image (and ensemble-boxes would clip them to [0, 1] anyway).
     tp_size = sizes[tp_img]
-    x1 = np.clip(tp_box[:, 0], 0, tp_size[:, 1])
-    y1 = np.clip(tp_box[:, 1], 0, tp_size[:, 0])
-    x2 = np.clip(tp_box[:, 0] + tp_box[:, 2], x1, tp_size[:, 1])
-    y2 = np.clip(tp_box[:, 1] + tp_box[:, 3], y1, tp_size[:, 0])
-    tp_box = np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)
+    corners = box_convert(tp_box, "xywh", "xyxy")
+    top_left = np.clip(corners[:, :2], 0, tp_size[:, ::-1])
+    bottom_right = np.clip(corners[:, 2:], top_left, tp_size[:, ::-1])
+    tp_box = box_convert(np.concatenate([top_left, bottom_right], axis=1), "xyxy", "xywh")
     img = np.concatenate([tp_img, fp_img])
     keep = rng.random(len(images)) >= skip_image_fraction
     mask = keep[img]

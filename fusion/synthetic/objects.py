@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from fusion.boxes import box_convert
 from fusion.classes import ClassMap
 
 __all__ = ["SimulatedMember", "make_coco_ground_truth", "simulate_member"]
@@ -115,8 +116,7 @@ def simulate_member(ground_truth: dict[str, Any], member: SimulatedMember, seed:
     seen = rng.random(len(anns)) < member.recall
     boxes, image_ids, cats = gt_boxes[seen].copy(), gt_images[seen], gt_cats[seen].copy()
     jitter = rng.normal(0, member.box_noise, size=(len(boxes), 4)) * boxes[:, [2, 3, 2, 3]]
-    x1, y1 = boxes[:, 0] + jitter[:, 0], boxes[:, 1] + jitter[:, 1]
-    x2, y2 = boxes[:, 0] + boxes[:, 2] + jitter[:, 2], boxes[:, 1] + boxes[:, 3] + jitter[:, 3]
+    x1, y1, x2, y2 = (box_convert(boxes, "xywh", "xyxy") + jitter).T
     # The true chance that a detection is right falls with its localisation error.
     error = np.abs(jitter).mean(axis=1) / np.maximum(boxes[:, 2:].mean(axis=1), 1)
     reliability = np.clip(0.95 - 4 * error + rng.normal(0, 0.05, len(boxes)), 0.05, 0.99)
@@ -156,16 +156,12 @@ def simulate_member(ground_truth: dict[str, Any], member: SimulatedMember, seed:
         is_start = np.r_[True, sorted_images[1:] != sorted_images[:-1]] if len(order) else np.zeros(0, bool)
         rank = position - np.maximum.accumulate(np.where(is_start, position, 0))
         order = order[rank < member.detections_per_image]
+    xywh = box_convert(np.stack([all_x1, all_y1, all_x2, all_y2], axis=1), "xyxy", "xywh")
     return [
         {
             "image_id": int(all_images[i]),
             "category_id": int(all_cats[i]),
-            "bbox": [
-                round(float(all_x1[i]), 2),
-                round(float(all_y1[i]), 2),
-                round(float(all_x2[i] - all_x1[i]), 2),
-                round(float(all_y2[i] - all_y1[i]), 2),
-            ],
+            "bbox": [round(v, 2) for v in xywh[i].tolist()],
             "score": round(float(scores[i]), 5),
         }
         for i in order

@@ -106,14 +106,11 @@ def test_jsonl_equals_json_and_missing_images_are_empty(tmp_path: Path) -> None:
     from_jsonl = PredictionsDetector(PredictionsDetector.Config(path=str(jsonl), **cfg), COCO80, "cpu")
     batch = _batch([2, 3, 1])
     for x, y in zip(from_json.predict(batch), from_jsonl.predict(batch)):
-        assert (
-            torch.equal(x.boxes, y.boxes)
-            and torch.equal(x.labels, y.labels)
-            and torch.equal(x.scores, y.scores)
-        )
+        assert x == y
     out = from_json.predict(batch)
     assert [len(d) for d in out] == [1, 0, 2]
     assert out[0].boxes.tolist() == [[6.0, 4.0, 26.0, 25.0]] and out[0].labels.tolist() == [79]
+    assert out[0].boxes.dtype == out[0].scores.dtype == torch.float64  # the file's values
     assert [d.image_size for d in out] == [SIZES[2], SIZES[3], SIZES[1]]
 
 

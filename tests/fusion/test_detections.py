@@ -105,6 +105,8 @@ def test_empty_has_the_right_shapes() -> None:
     )
     assert len(Detections.cat([e, e])) == 0
     assert len(Detections([], [], [])) == 0
+    wide = Detections.empty(dtype=torch.float64)
+    assert wide.boxes.dtype == wide.scores.dtype == torch.float64 and e.boxes.dtype == torch.float32
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -133,3 +135,37 @@ def test_clip_sort_replace_and_numpy() -> None:
     arrays = d.with_extras(votes=torch.tensor([2, 3])).numpy()
     assert arrays["votes"].tolist() == [2, 3]
     assert arrays["boxes"].dtype == np.float32 and arrays["image_size"] == (25, 50)
+
+
+def test_equality_compares_every_field_exactly() -> None:
+    d = make(3, member=torch.tensor([0, 1, 2]))
+    assert d == make(3, member=torch.tensor([0, 1, 2]))
+    assert d == d[torch.tensor([0, 1, 2])]
+    nudged = d.boxes.clone()
+    nudged[1, 2] = torch.nextafter(nudged[1, 2], torch.tensor(100.0))
+    differs = {
+        "boxes[1]": d.replace(boxes=nudged),
+        "scores[2]": d.replace(scores=torch.tensor([0.9, 0.3, 0.5])),
+        "labels[0]": d.replace(labels=torch.tensor([0, 2, 1])),
+        "image_size": d.replace(image_size=(40, 51)),
+        "extras ['member'] vs []": Detections(d.boxes, d.scores, d.labels, d.image_size),
+        "extras['member'][2]": d.with_extras(member=torch.tensor([0, 1, 3])),
+        "boxes: torch.float32": d.replace(boxes=d.boxes.double(), scores=d.scores.double()),
+        "3 detections vs 2": d[:2],
+    }
+    for where, other in differs.items():
+        assert d != other, where
+        assert where in d.mismatch(other), (where, d.mismatch(other))
+    assert d != "not detections" and d.mismatch(None) == "other is a NoneType, not Detections"
+
+
+def test_equal_with_tolerance_and_unhashable() -> None:
+    d = make(3)
+    close = d.replace(boxes=d.boxes + 1e-4, scores=d.scores - 1e-6)
+    assert not d.equal(close)
+    assert d.equal(close, atol=1e-3) and close.equal(d, atol=1e-3)
+    assert not d.equal(close, atol=1e-5)
+    # labels are compared exactly whatever the tolerance
+    assert not d.equal(d.replace(labels=d.labels + 1), atol=10.0)
+    with pytest.raises(TypeError, match="unhashable"):
+        hash(d)

@@ -78,11 +78,7 @@ def test_predict_equals_members_then_fusion(tiny: Ensemble, images: list) -> Non
     fused = tiny.predict(images)
     again = tiny.fuse(list(tiny.predict_members(images).values()))
     for a, b in zip(fused, again):
-        assert (
-            torch.equal(a.boxes, b.boxes)
-            and torch.equal(a.scores, b.scores)
-            and torch.equal(a.labels, b.labels)
-        )
+        assert a == b
 
 
 def test_91_id_and_80_class_members_share_one_vocabulary(tiny: Ensemble) -> None:

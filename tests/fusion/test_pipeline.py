@@ -8,7 +8,7 @@ import warnings
 import numpy as np
 import pytest
 
-from fusion.calibration import fit_calibrator_set, fit_member_calibrator, ground_truth_from_coco
+from fusion.calibration import fit_calibrator_set, fit_member_calibrator
 from fusion.classes import ClassMap
 from fusion.coco.annotations import load_annotations
 from fusion.coco.predictions import Predictions
@@ -29,9 +29,7 @@ def setup() -> dict:
     }
     vocabulary = ClassMap(list(reversed(gt.class_map.names)))
     table = gt.class_map.translation_to(vocabulary)
-    truth = {
-        i: g.replace(labels=table[g.labels]) for i, g in ground_truth_from_coco(data, gt.class_map).items()
-    }
+    truth = {i: g.replace(labels=table[g.labels]) for i, g in gt.detections().items()}
     ids = gt.image_ids.tolist()
     per_member = {
         n: dict(zip(ids, [d.replace(labels=table[d.labels]) for d in p.split_by_image(gt)]))

@@ -94,8 +94,8 @@ def test_virtual_members_equal_hand_augmented_passes(tta_ensemble: Ensemble) -> 
             [width - det.boxes[:, 2], det.boxes[:, 1], width - det.boxes[:, 0], det.boxes[:, 3]], 1
         )
         got = outs["frcnn@hflip"][index]
-        assert len(got) > 0 and torch.equal(got.boxes, expected) and torch.equal(got.scores, det.scores)
-        assert torch.equal(outs["frcnn"][index].boxes, plain[index].boxes)
+        assert len(got) > 0 and got == det.replace(boxes=expected)
+        assert outs["frcnn"][index] == plain[index]
         assert got.image_size == outs["frcnn@x0.75"][index].image_size == tuple(image.shape[1:])
     # Three virtual members are fused: a fused box gets votes from up to three of them.
     fused = tta_ensemble.fuse(list(outs.values()))

@@ -8,7 +8,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import generalized_box_iou
+
+from fusion.boxes import box_convert
 
 from .logit_mixing import logit_mixing_loss
 from .matcher import HungarianMatcher, Target

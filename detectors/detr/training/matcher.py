@@ -8,7 +8,9 @@ from typing import Any
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torchvision.ops import box_convert, generalized_box_iou
+from torchvision.ops import generalized_box_iou
+
+from fusion.boxes import box_convert
 
 __all__ = ["HungarianMatcher", "Target"]
 

@@ -10,8 +10,8 @@ import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou
 
 from detectors.detr import build_detr, nested_batch
-from detectors.detr.postprocess import box_cxcywh_to_xyxy
 from detectors.detr.training import HungarianMatcher, SetCriterion, train_step
+from fusion.boxes import box_convert
 
 
 def _random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -40,7 +40,8 @@ def test_matcher_equals_brute_force(seed: int) -> None:
 
         def cost(q: int, t: int, prob=prob, boxes=boxes, target=target) -> float:
             giou = generalized_box_iou(
-                box_cxcywh_to_xyxy(boxes[q : q + 1]), box_cxcywh_to_xyxy(target["boxes"][t : t + 1])
+                box_convert(boxes[q : q + 1], "cxcywh", "xyxy"),
+                box_convert(target["boxes"][t : t + 1], "cxcywh", "xyxy"),
             )
             l1 = (boxes[q] - target["boxes"][t]).abs().sum()
             return float(-prob[q, target["labels"][t]] + 5 * l1 - 2 * giou[0, 0])
@@ -69,7 +70,7 @@ def test_criterion_hand_computed() -> None:
     )
     assert float(losses["loss_bbox"]) == pytest.approx(0.02 / 2, rel=1e-5)
     giou = generalized_box_iou(
-        box_cxcywh_to_xyxy(pred_boxes[0, [2, 0]]), box_cxcywh_to_xyxy(target_boxes)
+        box_convert(pred_boxes[0, [2, 0]], "cxcywh", "xyxy"), box_convert(target_boxes, "cxcywh", "xyxy")
     ).diag()
     assert float(losses["loss_giou"]) == pytest.approx(float((1 - giou).sum() / 2), rel=1e-5)
     expected_total = losses["loss_ce"] + 5 * losses["loss_bbox"] + 2 * losses["loss_giou"]
@@ -120,7 +121,8 @@ def test_score_weights_hand_computed() -> None:
     nll = -F.log_softmax(logits[0].detach(), -1)[torch.arange(3), torch.tensor([0, 2, 1])]
     giou_q2 = float(
         generalized_box_iou(
-            box_cxcywh_to_xyxy(outputs["pred_boxes"][0, 2:3].detach()), box_cxcywh_to_xyxy(target_boxes[:1])
+            box_convert(outputs["pred_boxes"][0, 2:3].detach(), "cxcywh", "xyxy"),
+            box_convert(target_boxes[:1], "cxcywh", "xyxy"),
         )[0, 0]
     )
     # Weights 0.8 (target 0 -> query 2) and 0.6 (target 1 -> query 0, whose box is exact: L1 0, GIoU 1).

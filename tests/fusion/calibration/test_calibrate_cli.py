@@ -14,11 +14,11 @@ from fusion.calibration import (
     detection_ece,
     fit_calibrator_set,
     fit_member_calibrator,
-    ground_truth_from_coco,
 )
 from fusion.calibration.plots import reliability_diagram
 from fusion.classes import ClassMap
 from fusion.cli import main
+from fusion.coco.annotations import load_annotations
 from fusion.interop import from_coco_records
 from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
@@ -83,7 +83,7 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     # The same fit done by hand, in the ensemble's vocabulary (coco91 category ids -> coco80 labels by name).
     data_map = ClassMap.from_coco_categories(gt["categories"])
     table = data_map.translation_to(coco80)
-    truth = {i: g.replace(labels=table[g.labels]) for i, g in ground_truth_from_coco(gt, data_map).items()}
+    truth = {i: g.replace(labels=table[g.labels]) for i, g in load_annotations(gt).detections().items()}
     members = {
         n: {
             i: d.replace(labels=table[d.labels])
@@ -136,7 +136,8 @@ def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
     assert main([*base, "--predictions", f"a={bad}", "--runs", str(tmp_path)]) == 2
-    assert "image id 999" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.json: 1 image id(s) are not in the annotations" in err and "(first: [999])" in err
 
 
 def test_reliability_diagram_png(tmp_path):

@@ -1,11 +1,10 @@
-"""Matching rules on hand-built cases; batched IoU against torchvision's box_iou."""
+"""Matching rules on hand-built cases."""
 
 import torch
 from torchvision.ops import box_iou
 
 from fusion import Detections
-from fusion.calibration import ground_truth_from_coco, match_detections, match_image
-from fusion.calibration.matching import batched_box_iou
+from fusion.calibration import match_detections, match_image
 
 
 def gt(boxes, labels, crowd=None):
@@ -13,17 +12,6 @@ def gt(boxes, labels, crowd=None):
     return Detections(
         boxes, [1.0] * len(boxes), labels, (100, 100), {"iscrowd": torch.tensor(crowd, dtype=torch.bool)}
     )
-
-
-def test_batched_iou_equals_torchvision():
-    g = torch.Generator().manual_seed(0)
-    a = torch.rand(3, 7, 4, generator=g) * 50
-    b = torch.rand(3, 5, 4, generator=g) * 50
-    a[..., 2:] += a[..., :2]
-    b[..., 2:] += b[..., :2]
-    ours = batched_box_iou(a, b)
-    for i in range(3):
-        torch.testing.assert_close(ours[i], box_iou(a[i], b[i]))
 
 
 def test_greedy_in_score_order_higher_score_takes_the_gt():
@@ -115,19 +103,3 @@ def test_batch_equals_per_image_and_keeps_input_order():
                 taken.add(index)
                 expected[i] = index
         assert b.gt_index.tolist() == expected
-
-
-def test_ground_truth_from_coco():
-    dataset = {
-        "images": [{"id": 3, "height": 40, "width": 50}, {"id": 7, "height": 20, "width": 20}],
-        "annotations": [
-            {"id": 1, "image_id": 7, "category_id": 5, "bbox": [1, 2, 3, 4]},
-            {"id": 2, "image_id": 7, "category_id": 9, "bbox": [0, 0, 10, 10], "iscrowd": 1},
-        ],
-        "categories": [{"id": 9, "name": "b"}, {"id": 5, "name": "a"}],
-    }
-    out = ground_truth_from_coco(dataset)
-    assert len(out[3]) == 0 and out[3].image_size == (40, 50)
-    assert out[7].boxes.tolist() == [[1, 2, 4, 6], [0, 0, 10, 10]]
-    assert out[7].labels.tolist() == [1, 0]
-    assert out[7].extras["iscrowd"].tolist() == [False, True]

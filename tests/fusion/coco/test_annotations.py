@@ -1,4 +1,4 @@
-"""Annotation files: malformed ones are refused with messages naming the list, index and id."""
+"""Annotation files: malformed ones are refused with messages naming the list, index and id; GT as Detections."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from fusion.coco.annotations import load_annotations
+from fusion.detections import Detections
 from fusion.synthetic import synthetic_annotations
 
 BASE = synthetic_annotations(num_images=6, num_classes=3, empty_fraction=0.0, seed=0)
@@ -82,3 +84,25 @@ def test_missing_file_and_bad_json(tmp_path) -> None:
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not valid JSON"):
         load_annotations(bad)
+
+
+def test_ground_truth_as_detections_keeps_every_image_and_the_files_values() -> None:
+    dataset = {
+        "images": [{"id": 7, "height": 20, "width": 20}, {"id": 3, "height": 40, "width": 50}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 5, "bbox": [0.1, 0.2, 0.3, 0.4]},
+            {"id": 2, "image_id": 7, "category_id": 9, "bbox": [0, 0, 10, 10], "iscrowd": 1},
+        ],
+        "categories": [{"id": 9, "name": "b"}, {"id": 5, "name": "a"}],
+    }
+    out = load_annotations(dataset).detections()
+    assert list(out) == [7, 3]  # file order, images without boxes included
+    assert len(out[3]) == 0 and out[3].image_size == (40, 50) and "iscrowd" in out[3].extras
+    expected = Detections(
+        torch.tensor([[0.1, 0.2, 0.1 + 0.3, 0.2 + 0.4], [0, 0, 10, 10]], dtype=torch.float64),
+        torch.ones(2, dtype=torch.float64),
+        [1, 0],  # indices of the file's categories: b (id 9) is 0
+        (20, 20),
+        {"iscrowd": torch.tensor([False, True])},
+    )
+    assert out[7] == expected

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 
+from fusion.classes import ClassMap
 from fusion.coco.annotations import load_annotations
-from fusion.coco.predictions import Predictions
+from fusion.coco.predictions import Predictions, load_predictions, read_results
 from fusion.coco.rounding import round_decimals
+from fusion.detections import Detections
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 
@@ -54,3 +58,37 @@ def test_split_by_image_keeps_the_files_values_exactly() -> None:
     back_order = np.lexsort((-back.scores, back.image_ids))
     assert back.boxes[back_order].tolist() == preds.boxes[order].tolist()
     assert back.scores[back_order].tolist() == preds.scores[order].tolist()
+
+
+def test_to_detections_groups_by_image_in_file_order_with_the_files_values(tmp_path) -> None:
+    classes = ClassMap(["a", "b"], ids=[4, 9])
+    records = [
+        {"image_id": 5, "category_id": 9, "bbox": [0.1, 0.2, 0.3, 0.4], "score": 0.30001},
+        {"image_id": 2, "category_id": 4, "bbox": [1, 2, 3, 4], "score": 0.5},
+        {"image_id": 5, "category_id": 4, "bbox": [10, 10, 0, 0], "score": 0.7},
+    ]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"annotations": records}))  # a dataset-style dict is read too
+    out = load_predictions(path).to_detections(classes, {5: (30, 40)}, image_ids=[7, 5])
+    assert list(out) == [7, 5, 2]  # the images asked for, in that order, then the others by id
+    assert len(out[7]) == 0 and out[7].boxes.dtype == torch.float64 and out[7].image_size is None
+    # float64 sums of the file's decimals, as a numpy script computes them; labels are class_map indices
+    expected = Detections(
+        torch.tensor([[0.1, 0.2, 0.1 + 0.3, 0.2 + 0.4], [10, 10, 10, 10]], dtype=torch.float64),
+        torch.tensor([0.30001, 0.7], dtype=torch.float64),
+        [1, 0],
+        (30, 40),
+    )
+    assert out[5] == expected
+    assert out[2].image_size is None and out[2].labels.tolist() == [0]
+    with pytest.raises(ValueError, match=r"record \[1\] has category_id 4, which the class map"):
+        Predictions.from_records(records).to_detections(ClassMap(["b"], ids=[9]))
+
+
+def test_read_results_refuses_what_is_not_a_results_list(tmp_path) -> None:
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"images": []}))
+    with pytest.raises(ValueError, match=r"r\.json: COCO results must be a JSON list of records"):
+        read_results(path)
+    with pytest.raises(FileNotFoundError, match=r"predictions file .*nope\.jsonl does not exist"):
+        read_results(tmp_path / "nope.jsonl")
