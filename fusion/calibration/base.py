@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["MIN_PER_CLASS", "SHRINKAGE", "Calibrator", "check_floats", "isotonic_fit"]
+__all__ = ["METHODS", "MIN_PER_CLASS", "SHRINKAGE", "Calibrator", "check_floats", "isotonic_fit"]
 
 # Classes with fewer matched detections (or without both outcomes) fall back to the default curve.
 MIN_PER_CLASS = 30
 # Pseudo-count of the default curve in a class curve's blend weight n / (n + SHRINKAGE).
 SHRINKAGE = 100.0
+# Every calibrator class by method name, filled as the classes are defined (``from_json`` reads it).
+METHODS: dict[str, type[Calibrator]] = {}
 
 
 def isotonic_fit(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -60,6 +62,11 @@ class Calibrator(ABC):
     """
 
     method: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "method" in cls.__dict__:
+            METHODS[cls.method] = cls
 
     def __init__(
         self,
@@ -217,13 +224,11 @@ class Calibrator(ABC):
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> Calibrator:
         """Rebuild any calibrator from :meth:`to_json` data; ``ValueError`` for an unknown method or bad field."""
-        from fusion.calibration.calibrators import CALIBRATORS
-
         if not isinstance(data, Mapping) or "method" not in data or "default" not in data:
             raise ValueError("calibrator JSON must be an object with 'method' and 'default'")
         method = data["method"]
-        if method not in CALIBRATORS:
-            raise ValueError(f"unknown calibrator method {method!r}; known: {sorted(CALIBRATORS)}")
+        if method not in METHODS:
+            raise ValueError(f"unknown calibrator method {method!r}; known: {sorted(METHODS)}")
         tables = {}
         for key in ("per_class", "class_weights"):
             table = data.get(key) or {}
@@ -233,7 +238,7 @@ class Calibrator(ABC):
                 raise ValueError(
                     f"{method} calibrator: {key} keys must be integer labels, got {list(table)}"
                 ) from None
-        return CALIBRATORS[method](data["default"], tables["per_class"], tables["class_weights"])
+        return METHODS[method](data["default"], tables["per_class"], tables["class_weights"])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Calibrator) and self.to_json() == other.to_json()
