@@ -18,9 +18,9 @@ import torch
 
 __all__ = [
     "KNOWN_PICKLES",
-    "load_state_strict",
     "UntrustedPickleError",
     "WeightsFileError",
+    "load_state_strict",
     "pickle_trust",
     "read_safetensors",
     "read_weights_only",

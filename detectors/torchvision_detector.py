@@ -137,7 +137,7 @@ def loading_mode(config: TorchvisionConfig) -> str:
     if config.weights is None:
         return "random init"
     try:
-        member, path = _resolve_weights(config.model, config.weights)
+        _, path = _resolve_weights(config.model, config.weights)
     except (FileNotFoundError, ValueError) as error:
         return f"refused: {error}"
     if path is not None:
