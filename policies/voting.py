@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from fusion.detections import Detections
-from fusion.policy import FusionPolicy, PolicyParams
+from fusion.policy import FusionPolicy, PolicyParams, PolicyParamsError
 from policies._clusters import cluster_batch
 from policies._inputs import assemble, flatten
 
@@ -33,6 +33,19 @@ class ConfidenceVotingParams(PolicyParams):
     iou_thr: float = Field(0.55, ge=0.0, le=1.0)
     skip_box_thr: float = Field(0.0, ge=0.0)
     quorum: Quorum | Annotated[float, Field(gt=0)] = "consensus"
+
+    def check_members(self, member_weights: Sequence[float], where: str = "fusion") -> None:
+        """A numeric quorum above the members' total weight would drop every cluster: refuse it.
+
+        Raises:
+            PolicyParamsError: ``quorum`` > the sum of ``member_weights``.
+        """
+        total = float(sum(member_weights))
+        if isinstance(self.quorum, float) and self.quorum > total * (1 + 1e-9):
+            raise PolicyParamsError(
+                f"{where}.quorum={self.quorum:g} exceeds the total weight {total:g} of the {len(member_weights)} "
+                "members: no cluster could ever reach it (with unit weights, quorum counts members)"
+            )
 
 
 class ConfidenceVoting(FusionPolicy):
@@ -60,6 +73,8 @@ class ConfidenceVoting(FusionPolicy):
     def fuse_batch(self, per_image: Sequence[Sequence[Detections]]) -> list[Detections]:
         p = self.params
         batch = flatten(per_image, p.weights)
+        if batch.n_members:
+            p.check_members(batch.table.max(dim=1).values.tolist(), "voting")
         ordered, _, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
         labels = ordered.labels[clusters.seed]
         member_w = batch.class_weights(labels)  # [K, M]

@@ -271,6 +271,8 @@ class IsotonicCalibrator(Calibrator):
             raise ValueError(f"isotonic calibrator {where}.x must be strictly increasing")
         if any(b < a for a, b in itertools.pairwise(y)):
             raise ValueError(f"isotonic calibrator {where}.y must be non-decreasing (monotone)")
+        if not all(0.0 <= v <= 1.0 for v in y):
+            raise ValueError(f"isotonic calibrator {where}.y must be probabilities in [0, 1], got {y}")
         return {"x": x, "y": y}
 
     def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:
@@ -326,6 +328,10 @@ class HistogramCalibrator(Calibrator):
         values = _floats(curve, "values", where, cls.method)
         if any(b < a for a, b in itertools.pairwise(values)):
             raise ValueError(f"histogram calibrator {where}.values must be non-decreasing (monotone)")
+        if not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(
+                f"histogram calibrator {where}.values must be probabilities in [0, 1], got {values}"
+            )
         return {"values": values}
 
     def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:
