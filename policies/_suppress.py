@@ -6,7 +6,7 @@ import itertools
 
 import torch
 from torch import Tensor
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import batched_nms
 
 from policies._inputs import Batch
 
