@@ -89,6 +89,11 @@ class FusionPolicy(ABC):
     Input ``per_image[i][m]`` is the :class:`Detections` of member ``m`` on image ``i`` in pixel xyxy coordinates;
     every image has the same number of members ``M``. Output: one :class:`Detections` per image, sorted by score
     (descending), with ``extras["votes"]`` (int64) = number of distinct members in each fused cluster.
+
+    Tie rule (every policy): boxes are ranked by ``score * weight`` descending, and equal values keep the input
+    order -- the lower member index first, then the member's earlier box -- as if the earlier box scored a hair
+    higher; fused detections with equal scores come out in the order of their first boxes. ensemble-boxes leaves
+    ties to numpy's unstable sort, so parity with it is claimed on inputs without tied scores only.
     """
 
     name: ClassVar[str]

@@ -39,7 +39,8 @@ class SoftNMS(FusionPolicy):
     """Soft-NMS over all members' boxes: repeatedly pick the highest remaining score and decay the others.
 
     Scores start as ``s·w / max(w)`` (unit weights leave them unchanged) and the fused scores are the DECAYED ones.
-    The kept set equals ensemble-boxes' ``soft_nms`` (parity-tested), but ensemble-boxes returns the original,
+    The kept set equals ensemble-boxes' ``soft_nms`` on inputs without tied scores (parity-tested; ties, also
+    among decayed scores, follow the tie rule of :class:`~fusion.policy.FusionPolicy`), but ensemble-boxes returns the original,
     undecayed scores of the kept boxes (and rescales to ``s·w / Σw`` when weights are given, so its ``thresh``
     corresponds to ``score_thr · Σw / max(w)`` here). All groups of all images step together: the number of Python
     steps is the size of the largest group. ``extras["votes"]`` = distinct members with a box of the group whose IoU
@@ -92,4 +93,5 @@ class SoftNMS(FusionPolicy):
             current[group, col],
             batch.labels[idx],
             (present > 0).sum(dim=1),
+            idx,
         )

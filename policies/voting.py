@@ -51,7 +51,7 @@ class ConfidenceVotingParams(PolicyParams):
 class ConfidenceVoting(FusionPolicy):
     """Confidence voting by distinct members.
 
-    Boxes are clustered exactly as WBF clusters them (same groups, order and threshold). A cluster survives when the
+    Boxes are clustered exactly as WBF clusters them (same groups, order, tie rule and threshold). A cluster survives when the
     weight of the DISTINCT members with a box in it reaches the quorum. Its box is the ``score * weight``-weighted
     mean of its boxes (as in WBF); its score is ``Σ_m w_m · best_m / Σ_m w_m``, where ``best_m`` is member ``m``'s
     best score in the cluster and 0 when ``m`` is absent, so a member voting twice counts once and a missing member
@@ -75,7 +75,7 @@ class ConfidenceVoting(FusionPolicy):
         batch = flatten(per_image, p.weights)
         if batch.n_members:
             p.check_members(batch.table.max(dim=1).values.tolist(), "voting")
-        ordered, _, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
+        ordered, order, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
         labels = ordered.labels[clusters.seed]
         member_w = batch.class_weights(labels)  # [K, M]
         total_w = member_w.sum(dim=1)
@@ -102,4 +102,5 @@ class ConfidenceVoting(FusionPolicy):
             scores[keep],
             labels[keep],
             votes[keep],
+            order[clusters.seed][keep],
         )
