@@ -208,6 +208,23 @@ class TorchvisionDetector(Detector):
         self.lookup = label_lookup(source, class_map, config.drop_classes, config.name).to(self.device)
         self.model = build_model(config, num_classes=max(source.ids) + 1).to(self.device)
 
+    def _check_sizes(self, batch: ImageBatch) -> None:
+        """Refuse an image that the model's resize would shrink to under one pixel (e.g. 1 x 20000), by name,
+        instead of torchvision's RuntimeError from inside its transform."""
+        transform = self.model.transform
+        if getattr(transform, "fixed_size", None):  # SSD: every image becomes the same square
+            return
+        short_target, long_limit = transform.min_size[-1], transform.max_size
+        for index, (height, width) in enumerate(batch.sizes):
+            scale = min(short_target / min(height, width), long_limit / max(height, width))
+            if min(height, width) * scale < 1:
+                name = batch.paths[index] or f"image {batch.image_ids[index]}"
+                raise ValueError(
+                    f"member {self.name!r}: {name} ({height}x{width} pixels) is too elongated for this model's "
+                    f"resize (short side to {short_target}, long side at most {long_limit}): its short side "
+                    "would be under one pixel; crop it into tiles first"
+                )
+
     def predict(self, batch: ImageBatch) -> list[Detections]:
         """One :class:`Detections` per image: xyxy pixels of each image, ensemble labels, on ``self.device``.
 
@@ -215,6 +232,7 @@ class TorchvisionDetector(Detector):
         """
         if len(batch) == 0:
             return []
+        self._check_sizes(batch)
         with torch.inference_mode():
             outputs = self.model([image.to(self.device) for image in batch.images])
         return [
