@@ -4,8 +4,8 @@ NMS/NMW on one crowded image.
 Cases (synthetic, seeded; every image has ~30 objects of 80 classes, members' boxes are jittered copies):
   a: 1 image, 3 members x 100 boxes       b: 1 image, 5 members x 300 boxes
   c: 1000 images of (a) through fuse_batch d: 5000 images of (b) through fuse_batch
-  mem: 1 image of 4000 x 4000, 2 members x 10k boxes of 80 classes (issue 13's reproducer), fused by nms, nmw and
-       wbf, each in a fresh process: time and peak memory (CPU: peak RSS (Linux VmHWM) above the RSS before the call;
+  mem: 1 image of 4000 x 4000, 2 members x 10k boxes of 80 classes (issue 13's reproducer), fused by nms, nmw,
+       soft_nms and wbf, each in a fresh process: time and peak memory (CPU: peak RSS (Linux VmHWM) above the RSS before the call;
        CUDA: torch.cuda.max_memory_allocated)
 
 Usage:
@@ -117,15 +117,15 @@ def memory_rows(threads: int, n: int = 10_000) -> None:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     context = multiprocessing.get_context("spawn")
     print(f"\n1 image 4000x4000, 2 members x {n} boxes, 80 classes (peak memory above that before the call)")
-    print(f"{'policy':<8}{'device':<8}{'time':>10}{'peak memory':>14}")
+    print(f"{'policy':<10}{'device':<8}{'time':>10}{'peak memory':>14}")
     for device in devices:
-        for policy in ("nms", "nmw", "wbf"):
+        for policy in ("nms", "nmw", "soft_nms", "wbf"):
             queue = context.Queue()
             process = context.Process(target=_memory_row, args=(policy, n, device, threads, queue))
             process.start()
             seconds, megabytes = queue.get()
             process.join()
-            print(f"{policy:<8}{device:<8}{seconds:>9.2f}s{megabytes:>11.0f} MB", flush=True)
+            print(f"{policy:<10}{device:<8}{seconds:>9.2f}s{megabytes:>11.0f} MB", flush=True)
 
 
 def main() -> None:

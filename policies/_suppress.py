@@ -10,7 +10,7 @@ from torchvision.ops import batched_nms
 
 from policies._inputs import Batch
 
-__all__ = ["image_ranges", "nms_clusters", "normalised_weights", "pair_iou", "tie_free_rank"]
+__all__ = ["PAIR_CHUNK", "image_ranges", "nms_clusters", "normalised_weights", "pair_iou", "tie_free_rank"]
 
 
 def normalised_weights(batch: Batch) -> Tensor:
@@ -33,7 +33,7 @@ def image_ranges(batch: Batch) -> list[tuple[int, int, int]]:
 
 # (box, kept box) pairs compared at once by nms_clusters: bounds its memory (a few tensors of this many rows, some
 # tens of MB) whatever the number of boxes
-_PAIRS = 1 << 18
+PAIR_CHUNK = 1 << 18
 
 
 def tie_free_rank(scores: Tensor) -> Tensor:
@@ -57,7 +57,7 @@ def nms_clusters(
     with IoU > ``iou_thr``), ranked by :func:`tie_free_rank` (so equal scores are decided by input order, not by
     the sort inside torchvision). Each suppressed box belongs to the kept box of its group, ranked above it, with
     which its IoU is highest (the highest-ranked on ties) -- the cluster ensemble-boxes' NMW assigns it to. Only
-    pairs of a box and a kept box of the same group are compared, ``_PAIRS`` at a time, so memory stays bounded
+    pairs of a box and a kept box of the same group are compared, ``PAIR_CHUNK`` at a time, so memory stays bounded
     (tens of MB) for any number of boxes; time grows with the pairs (boxes x kept boxes per group).
 
     Args:
@@ -102,14 +102,16 @@ def nms_clusters(
 
 
 def _chunks(counts: Tensor) -> list[tuple[int, int]]:
-    """``(first, last)`` runs of boxes whose pair counts add up to about ``_PAIRS`` (at least one box each)."""
+    """``(first, last)`` runs of boxes whose pair counts add up to about ``PAIR_CHUNK`` (at least one box each)."""
     if counts.numel() == 0:
         return []
     ends = torch.cumsum(counts, 0)
     total = int(ends[-1])
-    if total <= _PAIRS:
+    if total <= PAIR_CHUNK:
         return [(0, counts.numel())]
-    cuts = torch.searchsorted(ends, torch.arange(_PAIRS, total, _PAIRS, device=counts.device), side="right")
+    cuts = torch.searchsorted(
+        ends, torch.arange(PAIR_CHUNK, total, PAIR_CHUNK, device=counts.device), side="right"
+    )
     bounds = sorted({0, counts.numel(), *cuts.tolist()})
     return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]
 

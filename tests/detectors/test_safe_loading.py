@@ -57,7 +57,7 @@ def test_s1_predict_refuses_the_pickle_and_runs_nothing(
     path, marker = evil
     config = tmp_path / "s.yaml"
     config.write_text(
-        f"name: s\nmembers:\n- {{name: y, type: ultralytics, model: {path}, classes: coco80}}\n"
+        f"name: s\nmembers:\n- {{name: y, type: ultralytics, model: {path}}}\n"  # as issue 13 wrote it
     )
     Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
     monkeypatch.chdir(tmp_path)
