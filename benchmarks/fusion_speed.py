@@ -1,12 +1,12 @@
 """Speed of WBF: ensemble-boxes (one call per image) against ours on CPU, and on CUDA when present; memory of
-NMS/NMW on one crowded image.
+every policy on one crowded image.
 
 Cases (synthetic, seeded; every image has ~30 objects of 80 classes, members' boxes are jittered copies):
   a: 1 image, 3 members x 100 boxes       b: 1 image, 5 members x 300 boxes
   c: 1000 images of (a) through fuse_batch d: 5000 images of (b) through fuse_batch
   mem: 1 image of 4000 x 4000, 2 members x 10k boxes of 80 classes (issue 13's reproducer), fused by nms, nmw,
-       soft_nms and wbf, each in a fresh process: time and peak memory (CPU: peak RSS (Linux VmHWM) above the RSS before the call;
-       CUDA: torch.cuda.max_memory_allocated)
+       soft_nms and wbf, each in a fresh process: time and peak memory (CPU: peak RSS, Linux VmHWM, above the
+       RSS before the call; CUDA: torch.cuda.max_memory_allocated)
 
 Usage:
   python benchmarks/fusion_speed.py                 # all cases
