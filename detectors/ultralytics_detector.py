@@ -144,6 +144,8 @@ def loading_mode(config: UltralyticsConfig) -> str:
         return f"refused: {error}"
     if config.weights is None:
         return "random init"
+    if not Path(config.weights).expanduser().is_file():
+        return f"refused: weights file {config.weights} does not exist"
     return "safetensors" if Path(config.weights).suffix == ".safetensors" else "weights_only"
 
 

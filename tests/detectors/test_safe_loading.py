@@ -198,6 +198,12 @@ def test_check_reports_each_members_loading_mode(
         {"name": "trusted", "type": "ultralytics", "model": str(path), "trust_pickle": True},
         {"name": "tv", "type": "torchvision", "model": "ssd300_vgg16", "weights": str(path)},
         {"name": "tv0", "type": "torchvision", "model": "ssd300_vgg16", "weights": None},
+        {
+            "name": "gone",
+            "type": "ultralytics",
+            "model": str(model_yaml),
+            "weights": str(tmp_path / "x.safetensors"),
+        },
     ]
     config = tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump({"name": "c", "members": members}))
@@ -212,6 +218,7 @@ def test_check_reports_each_members_loading_mode(
         "trusted": "trusted pickle (trust_pickle: true)",
         "tv": "weights_only",
         "tv0": "random init",
+        "gone": f"refused: weights file {tmp_path / 'x.safetensors'} does not exist",
     }
     assert not marker.exists()
 
