@@ -224,25 +224,19 @@ def test_check_reports_each_members_loading_mode(
 
 
 def test_torchvision_hub_file_needing_unpickling_is_refused_before_torchvision_reads_it(
-    evil: tuple[Path, Path], tmp_path: Path
+    evil: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # torchvision reads named weights from the hub cache with full unpickling: a planted file must not run
     from torchvision.models import get_model_weights
 
     path, marker = evil
     url = get_model_weights("ssdlite320_mobilenet_v3_large")["DEFAULT"].url
-    previous = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        planted = tmp_path / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
-        planted.parent.mkdir(parents=True)
-        planted.write_bytes(path.read_bytes())
-        config = TorchvisionDetector.Config(
-            name="tv", model="ssdlite320_mobilenet_v3_large", weights="DEFAULT"
-        )
-        assert TorchvisionDetector.loading_mode(config).startswith("weights_only (torchvision DEFAULT")
-        with pytest.raises(UntrustedPickleError, match=r"member 'tv': refusing to load .*ssdlite320"):
-            TorchvisionDetector(config, COCO80, torch.device("cpu"))
-    finally:
-        torch.hub.set_dir(previous)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # torch.hub.get_dir() follows it
+    planted = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[1]
+    planted.parent.mkdir(parents=True)
+    planted.write_bytes(path.read_bytes())
+    config = TorchvisionDetector.Config(name="tv", model="ssdlite320_mobilenet_v3_large", weights="DEFAULT")
+    assert TorchvisionDetector.loading_mode(config).startswith("weights_only (torchvision DEFAULT")
+    with pytest.raises(UntrustedPickleError, match=r"member 'tv': refusing to load .*ssdlite320"):
+        TorchvisionDetector(config, COCO80, torch.device("cpu"))
     assert not marker.exists()
