@@ -1,12 +1,17 @@
-"""Speed of WBF: ensemble-boxes (one call per image) against ours on CPU, and on CUDA when present.
+"""Speed of WBF: ensemble-boxes (one call per image) against ours on CPU, and on CUDA when present; memory of
+every policy on one crowded image.
 
 Cases (synthetic, seeded; every image has ~30 objects of 80 classes, members' boxes are jittered copies):
   a: 1 image, 3 members x 100 boxes       b: 1 image, 5 members x 300 boxes
   c: 1000 images of (a) through fuse_batch d: 5000 images of (b) through fuse_batch
+  mem: 1 image of 4000 x 4000, 2 members x 10k boxes of 80 classes (issue 13's reproducer), fused by nms, nmw,
+       soft_nms and wbf, each in a fresh process: time and peak memory (CPU: peak RSS, Linux VmHWM, above the
+       RSS before the call; CUDA: torch.cuda.max_memory_allocated)
 
 Usage:
   python benchmarks/fusion_speed.py                 # all cases
   python benchmarks/fusion_speed.py --cases a b c   # a subset
+  python benchmarks/fusion_speed.py --cases mem     # the memory rows only
   python benchmarks/fusion_speed.py --quick         # fewer images in c/d (100 / 100) and fewer repeats
 
 The ensemble-boxes column of a large case is timed on at most ``--ref-images`` images and scaled to the case's
@@ -16,6 +21,7 @@ image count (marked with ``*``); its per-image cost does not depend on the other
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
 import warnings
 
@@ -60,11 +66,75 @@ def best_of(fn, repeats: int) -> float:
     return best
 
 
+def crowded_image(n: int, device: str) -> list[Detections]:
+    """Issue 13's D4 input: two members of ``n`` random boxes (10..200 px) on a 4000 x 4000 image, 80 classes."""
+    gen = torch.Generator().manual_seed(0)
+    members = []
+    for _ in range(2):
+        xy = torch.rand(n, 2, generator=gen) * 3800
+        boxes = torch.cat([xy, xy + torch.rand(n, 2, generator=gen) * 190 + 10], 1)
+        scores, labels = torch.rand(n, generator=gen), torch.randint(0, 80, (n,), generator=gen)
+        members.append(Detections(boxes, scores, labels, image_size=(4000, 4000)).to(device))
+    return members
+
+
+def _rss(field: str) -> int:
+    """``VmRSS`` (now) or ``VmHWM`` (peak) of this process from ``/proc/self/status``, bytes."""
+    with open("/proc/self/status") as handle:
+        line = next(line for line in handle if line.startswith(field + ":"))
+    return int(line.split()[1]) * 1024
+
+
+def _memory_row(policy: str, n: int, device: str, threads: int, queue: multiprocessing.Queue) -> None:
+    """In a fresh process: fuse the crowded image once; put (seconds, peak MB above the warmed-up process)."""
+    torch.set_num_threads(threads)
+    from fusion import fuse
+
+    fuse(crowded_image(50, device), policy)  # imports and first-call costs out of the measurement
+    members = crowded_image(n, device)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss("VmRSS")
+        with open(
+            "/proc/self/clear_refs", "w"
+        ) as handle:  # Linux: resets the peak (VmHWM) to the current RSS
+            handle.write("5")
+    start = time.perf_counter()
+    fuse(members, policy)
+    if device == "cuda":
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _rss("VmHWM")
+    queue.put((time.perf_counter() - start, (peak - base) / 2**20))
+
+
+def memory_rows(threads: int, n: int = 10_000) -> None:
+    """Print one row per policy and device: time and peak memory of fusing 2 x ``n`` boxes on one image."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    context = multiprocessing.get_context("spawn")
+    print(f"\n1 image 4000x4000, 2 members x {n} boxes, 80 classes (peak memory above that before the call)")
+    print(f"{'policy':<10}{'device':<8}{'time':>10}{'peak memory':>14}")
+    for device in devices:
+        for policy in ("nms", "nmw", "soft_nms", "wbf"):
+            queue = context.Queue()
+            process = context.Process(target=_memory_row, args=(policy, n, device, threads, queue))
+            process.start()
+            seconds, megabytes = queue.get()
+            process.join()
+            print(f"{policy:<10}{device:<8}{seconds:>9.2f}s{megabytes:>11.0f} MB", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cases", nargs="+", choices=sorted(CASES), default=sorted(CASES))
+    parser.add_argument(
+        "--cases", nargs="+", choices=[*sorted(CASES), "mem"], default=[*sorted(CASES), "mem"]
+    )
     parser.add_argument("--quick", action="store_true", help="100 images in c and d, fewer repeats")
     parser.add_argument("--images", type=int, help="override the image count of c and d")
     parser.add_argument("--ref-images", type=int, default=200, help="images the reference is timed on in c/d")
@@ -84,6 +154,8 @@ def main() -> None:
     print(f"WBF (iou_thr 0.55, conf avg), torch {torch.__version__}, {args.threads} CPU thread(s)")
     print(header)
     for name in args.cases:
+        if name == "mem":
+            continue
         case = CASES[name]
         images = case["images"]
         if images > 1 and (args.quick or args.images):
@@ -119,6 +191,8 @@ def main() -> None:
             t = best_of(gpu, repeats)
             row += f"{t * 1e3:>9.1f}ms{ref / t:>7.0f}x"
         print(row, flush=True)
+    if "mem" in args.cases:
+        memory_rows(args.threads)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,11 @@ Offline: a named weight (``DEFAULT``, ``COCO_V1``, ...) must already be in the t
 (``torch.hub.get_dir()/checkpoints/<file>``); it is looked up BEFORE torchvision is called, so nothing downloads and
 a missing file is a ``FileNotFoundError`` naming the file and the folder. ``weights: null`` builds a random-init
 model, backbone included (``weights_backbone=None``).
+
+Safe loading: weights files are read from ``.safetensors`` or with ``torch.load(weights_only=True)``. torchvision
+itself reads a named weight from the hub cache with full unpickling, so that file is first read with
+``weights_only=True``; a file that needs more (Python objects, which can run code) is refused before torchvision
+opens it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pydantic import Field
 from torch import nn
 
 from detectors.labels import label_lookup, map_labels
+from detectors.safe_loading import read_safetensors, read_weights_only
 from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.detector import Detector, ImageBatch, MemberConfig
@@ -81,10 +87,8 @@ def hub_checkpoint_dir() -> Path:
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from ``.safetensors`` or a ``torch.save`` file (``weights_only=True``; ``{"model": sd}`` unwrapped)."""
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
+        return read_safetensors(path, "torchvision member")
+    state = read_weights_only(path, "torchvision member")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -115,14 +119,31 @@ def _resolve_weights(model: str, weights: str | None) -> tuple[object | None, Pa
             f"torchvision model {model} has no weights named {weights!r}; known: {known} "
             f"(or a path to a .pth/.safetensors file, or null for random init)"
         ) from None
-    file_name = Path(urlparse(member.url).path).name
-    folder = hub_checkpoint_dir()
-    if not (folder / file_name).is_file():
+    file = _hub_file(member)
+    if not file.is_file():
         raise FileNotFoundError(
-            f"torchvision weights {model} {weights} are not in the local cache: put {file_name} in {folder} "
+            f"torchvision weights {model} {weights} are not in the local cache: put {file.name} in {file.parent} "
             f"(download {member.url} on a machine with internet access; this engine never downloads)"
         )
     return member, None
+
+
+def _hub_file(member: object) -> Path:
+    """The hub-cache file torchvision reads for a weights enum member."""
+    return hub_checkpoint_dir() / Path(urlparse(member.url).path).name  # type: ignore[attr-defined]
+
+
+def loading_mode(config: TorchvisionConfig) -> str:
+    """How ``config``'s weights would be loaded, without loading them (``fusion check --config``)."""
+    if config.weights is None:
+        return "random init"
+    try:
+        _, path = _resolve_weights(config.model, config.weights)
+    except (FileNotFoundError, ValueError) as error:
+        return f"refused: {error}"
+    if path is not None:
+        return "safetensors" if path.suffix == ".safetensors" else "weights_only"
+    return f"weights_only (torchvision {config.weights}, checked before torchvision unpickles it)"
 
 
 def build_model(config: TorchvisionConfig, num_classes: int) -> nn.Module:
@@ -130,6 +151,9 @@ def build_model(config: TorchvisionConfig, num_classes: int) -> nn.Module:
     from torchvision.models import get_model
 
     weights, path = _resolve_weights(config.model, config.weights)
+    if weights is not None:
+        # torchvision unpickles the cached file fully; a file that weights_only reads holds nothing that runs code
+        read_weights_only(_hub_file(weights), f"member {config.name!r}")
     kwargs = {"num_classes": num_classes} if weights is None else {}
     model = get_model(config.model, weights=weights, weights_backbone=None, **kwargs)
     if path is not None:
@@ -179,6 +203,11 @@ class TorchvisionDetector(Detector):
 
         return TorchvisionTrainable(config, class_map, device)
 
+    @classmethod
+    def loading_mode(cls, config: TorchvisionConfig) -> str:
+        """How the member's weights would be loaded (``fusion check --config``); loads nothing."""
+        return loading_mode(config)
+
     def __init__(self, config: TorchvisionConfig, class_map: ClassMap, device: torch.device | str) -> None:
         super().__init__(config, class_map, torch.device(device))
         source = ClassMap.load(config.classes)
@@ -187,6 +216,23 @@ class TorchvisionDetector(Detector):
         self.lookup = label_lookup(source, class_map, config.drop_classes, config.name).to(self.device)
         self.model = build_model(config, num_classes=max(source.ids) + 1).to(self.device)
 
+    def _check_sizes(self, batch: ImageBatch) -> None:
+        """Refuse an image that the model's resize would shrink to under one pixel (e.g. 1 x 20000), by name,
+        instead of torchvision's RuntimeError from inside its transform."""
+        transform = self.model.transform
+        if getattr(transform, "fixed_size", None):  # SSD: every image becomes the same square
+            return
+        short_target, long_limit = transform.min_size[-1], transform.max_size
+        for index, (height, width) in enumerate(batch.sizes):
+            scale = min(short_target / min(height, width), long_limit / max(height, width))
+            if min(height, width) * scale < 1:
+                name = batch.paths[index] or f"image {batch.image_ids[index]}"
+                raise ValueError(
+                    f"member {self.name!r}: {name} ({height}x{width} pixels) is too elongated for this model's "
+                    f"resize (short side to {short_target}, long side at most {long_limit}): its short side "
+                    "would be under one pixel; crop it into tiles first"
+                )
+
     def predict(self, batch: ImageBatch) -> list[Detections]:
         """One :class:`Detections` per image: xyxy pixels of each image, ensemble labels, on ``self.device``.
 
@@ -194,6 +240,7 @@ class TorchvisionDetector(Detector):
         """
         if len(batch) == 0:
             return []
+        self._check_sizes(batch)
         with torch.inference_mode():
             outputs = self.model([image.to(self.device) for image in batch.images])
         return [

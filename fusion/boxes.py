@@ -23,7 +23,7 @@ import torch
 import torchvision.ops
 from torch import Tensor
 
-__all__ = ["BoxFormat", "box_area", "box_convert", "box_iou"]
+__all__ = ["BoxFormat", "box_area", "box_convert", "box_iou", "paired_box_iou"]
 
 BoxFormat = Literal["xyxy", "xywh", "cxcywh"]
 _FORMATS = ("xyxy", "xywh", "cxcywh")
@@ -65,6 +65,20 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
     torchvision's ``box_iou``, except that a pair with an empty union (two zero-area boxes) has IoU 0, not NaN.
     """
     return torchvision.ops.box_iou(boxes1, boxes2).nan_to_num_(nan=0.0)
+
+
+def paired_box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """IoU of matching rows of xyxy boxes ``[..., 4]`` and ``[..., 4]`` (broadcast) -> ``[...]``, 0 for an empty union.
+
+    The element-wise counterpart of :func:`box_iou`, for callers that already paired the boxes (chunked suppression
+    compares each box with a few kept boxes only, never the full ``N x M`` matrix).
+    """
+    top_left = torch.maximum(boxes1[..., :2], boxes2[..., :2])
+    bottom_right = torch.minimum(boxes1[..., 2:], boxes2[..., 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)
+    area1 = (boxes1[..., 2] - boxes1[..., 0]) * (boxes1[..., 3] - boxes1[..., 1])
+    area2 = (boxes2[..., 2] - boxes2[..., 0]) * (boxes2[..., 3] - boxes2[..., 1])
+    return (inter / (area1 + area2 - inter)).nan_to_num_(nan=0.0)
 
 
 def _from_numpy(array: np.ndarray) -> Tensor:

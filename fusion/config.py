@@ -253,4 +253,13 @@ def load_ensemble_config(
         raise ConfigError(
             f"{where}: fusion.weights: set each member's `weight` (and `class_weights`) instead"
         )
+    weights = [member.weight for member in members]
+    if not any(weight > 0 for weight in weights):
+        raise ConfigError(
+            f"{where}: members[*].weight: every member weight is 0; give at least one a weight > 0"
+        )
+    try:
+        config.fusion.check_members(weights, "fusion")  # type: ignore[attr-defined]
+    except ValueError as error:
+        raise ConfigError(f"{where}: {error}") from None
     return config

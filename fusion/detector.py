@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,7 +28,7 @@ class MemberConfig(BaseModel):
     Attributes:
         name: Unique member name (used in outputs, caches and reports).
         type: The registered detector name (the discriminator in ensemble configs).
-        weight: Fusion weight of this member (>= 0).
+        weight: Fusion weight of this member (finite, >= 0; the members' weights must not all be 0).
         class_weights: Optional per-class fusion weights ``{class name: weight}`` multiplied into ``weight``.
         calibrator: Optional path to a fitted score calibrator (JSON) applied to this member's scores before fusion.
     """
@@ -37,8 +37,8 @@ class MemberConfig(BaseModel):
 
     name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
     type: str
-    weight: float = Field(1.0, ge=0)
-    class_weights: dict[str, float] | None = None
+    weight: float = Field(1.0, ge=0, allow_inf_nan=False)
+    class_weights: dict[str, Annotated[float, Field(ge=0, allow_inf_nan=False)]] | None = None
     calibrator: str | None = None
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fusion.detections import Detections
-from fusion.policy import FusionPolicy, PolicyParams
+from fusion.policy import FusionPolicy, PolicyParams, build_params
 from fusion.registry import POLICIES
 
 __all__ = ["fuse", "fuse_batch", "make_policy"]
@@ -19,7 +19,8 @@ def make_policy(
 
     Raises:
         UnknownNameError: the policy name is not registered (the message names the closest one).
-        pydantic.ValidationError (a ``ValueError``): a parameter is unknown or out of range.
+        PolicyParamsError (a ``ValueError``): a parameter is unknown (the message lists the known ones), out of
+            range, or ``type`` names another policy than ``policy``.
     """
     if isinstance(policy, FusionPolicy):
         return policy if not params else type(policy)(policy.params, **params)
@@ -29,7 +30,7 @@ def make_policy(
         params = {**{k: v for k, v in policy.items() if k != "type"}, **params}
         policy = policy.get("type", "wbf")
     cls = POLICIES.get(str(policy))
-    return cls(cls.Params(type=cls.name, **params))
+    return cls(build_params(cls.Params, cls.name, params))
 
 
 def fuse(per_member: Sequence[Detections], policy: Any = "wbf", **params: Any) -> Detections:

@@ -2,6 +2,11 @@
 
 Every image becomes a float32 ``[3, H, W]`` RGB tensor in ``[0, 1]`` on the ensemble's device. Uint8 data is moved
 to the device before it is converted to float, so a host-to-GPU copy carries 1 byte per value instead of 4.
+
+Image modes: 16-bit images (PIL modes ``I;16*`` and ``I``, as 16-bit PNG/TIFF files open; numpy ``uint16``) are
+SCALED to 8 bits (``0..65535 -> 0..255``, rounded) -- PIL's own ``convert("RGB")`` would clip them, turning almost
+every pixel white; 32-bit float images (mode ``F``) must hold values in ``[0, 1]``; every other mode (palette,
+grey, alpha, CMYK, YCbCr, ...) goes through PIL's RGB conversion (alpha is dropped).
 """
 
 from __future__ import annotations
@@ -36,11 +41,37 @@ def load_image(path: str | Path) -> Tensor:
         raise FileNotFoundError(f"image file {path} does not exist")
     try:
         with _pil_open()(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
-            array = np.asarray(image)
+            array = _rgb_array(ImageOps.exif_transpose(image), f"image file {path}")
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise ValueError(f"cannot read image file {path}: {exc}") from None
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def _scale_16bit(values: np.ndarray) -> np.ndarray:
+    """``0..65535`` integers -> ``0..255`` uint8, rounded to nearest (values outside are clipped first)."""
+    wide = np.clip(values, 0, 65535).astype(np.uint32)
+    return ((wide * 255 + 32767) // 65535).astype(np.uint8)
+
+
+def _rgb_array(image: Any, where: str) -> np.ndarray:
+    """A PIL image of any mode -> uint8 ``[H, W, 3]`` RGB; 16-bit and float modes scaled, not clipped."""
+    mode = image.mode
+    if mode.startswith("I;16") or mode == "I":  # PIL reads 16-bit grey PNG/TIFF as I;16 (or I, 32-bit ints)
+        grey = _scale_16bit(np.asarray(image))
+    elif mode == "F":
+        values = np.asarray(image)
+        if values.size and (not np.isfinite(values).all() or values.min() < 0 or values.max() > 1):
+            raise ValueError(
+                f"{where}: a 32-bit float image (mode F) must hold values in [0, 1], got "
+                f"[{values.min():.3g}, {values.max():.3g}]; save it as 8 or 16 bits"
+            )
+        grey = np.rint(values * 255.0).astype(np.uint8)
+    else:
+        try:
+            return np.asarray(image.convert("RGB"))
+        except ValueError as exc:
+            raise ValueError(f"{where}: cannot convert a PIL image of mode {mode} to RGB ({exc})") from None
+    return np.repeat(grey[:, :, None], 3, axis=2)
 
 
 def _pil_open() -> Any:
@@ -62,8 +93,9 @@ def to_image_tensor(image: Any, device: torch.device | str = "cpu", where: str =
 
     Accepted forms:
         * a path (``str`` or ``Path``) to an image file;
-        * a PIL image (any mode; converted to RGB);
-        * a numpy ``[H, W, 3]`` uint8 array in RGB order (OpenCV users: convert BGR first), or ``[H, W]`` grey;
+        * a PIL image (any mode; converted to RGB, 16-bit modes scaled to 8 bits);
+        * a numpy ``[H, W, 3]`` uint8 or uint16 array in RGB order (OpenCV users: convert BGR first), or
+          ``[H, W]`` grey; uint16 is scaled to 8 bits;
         * a torch ``[3, H, W]`` tensor, uint8 (0..255) or floating point in ``[0, 1]``.
 
     Args:
@@ -82,7 +114,7 @@ def to_image_tensor(image: Any, device: torch.device | str = "cpu", where: str =
     elif isinstance(image, np.ndarray):
         tensor = _from_numpy(image, where)
     elif _is_pil(image):
-        tensor = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1)
+        tensor = torch.from_numpy(_rgb_array(image, where).copy()).permute(2, 0, 1)
     else:
         raise ValueError(
             f"{where}: unsupported image type {type(image).__name__}; give a path, a PIL image, an HWC uint8 "
@@ -115,8 +147,12 @@ def _is_pil(image: Any) -> bool:
 
 
 def _from_numpy(array: np.ndarray, where: str) -> Tensor:
+    if array.dtype == np.uint16:
+        array = _scale_16bit(array)
     if array.dtype != np.uint8:
-        raise ValueError(f"{where}: numpy images must be uint8 [H, W, 3] RGB, got dtype {array.dtype}")
+        raise ValueError(
+            f"{where}: numpy images must be uint8 or uint16 [H, W, 3] RGB, got dtype {array.dtype}"
+        )
     if array.ndim == 2:
         array = np.repeat(array[:, :, None], 3, axis=2)
     if array.ndim != 3 or array.shape[2] != 3:

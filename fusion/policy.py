@@ -7,14 +7,19 @@ in the top-level ``policies`` package and are found by name through :data:`fusio
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fusion.detections import Detections
 
-__all__ = ["FusionPolicy", "PolicyParams"]
+__all__ = ["FusionPolicy", "PolicyParams", "PolicyParamsError", "build_params"]
+
+
+class PolicyParamsError(ValueError):
+    """Policy parameters that do not validate: unknown names (the message lists the known ones), values out of
+    range, or a ``type`` that names another policy."""
 
 
 class PolicyParams(BaseModel):
@@ -34,6 +39,49 @@ class PolicyParams(BaseModel):
     weights: list[float] | list[list[float]] | None = None
     class_agnostic: bool = False
 
+    def check_members(self, member_weights: Sequence[float], where: str = "fusion") -> None:
+        """Refuse parameters that cannot work with these members (called at ensemble config validation).
+
+        Args:
+            member_weights: The fusion weight of each member, in member order.
+            where: Where the parameters come from, for the message.
+
+        Raises:
+            PolicyParamsError: a parameter that no output could satisfy with these members (none by default).
+        """
+
+
+def build_params(cls: type[PolicyParams], name: str, values: Mapping[str, Any]) -> PolicyParams:
+    """``cls(type=name, **values)`` with one clear message for every problem.
+
+    Raises:
+        PolicyParamsError: ``type`` naming another policy, unknown parameters (listing the known ones), or values
+            of the wrong type or out of range (naming parameter, constraint and value).
+    """
+    if "type" in values and values["type"] != name:
+        raise PolicyParamsError(
+            f"policy {name!r}: parameter type={values['type']!r} names another policy; choose the policy by its "
+            f"name instead of passing type"
+        )
+    try:
+        return cls(**{**values, "type": name})
+    except ValidationError as error:
+        known = ", ".join(k for k in cls.model_fields if k != "type")
+        problems: dict[str, list[str]] = {}  # parameter -> what is wrong (a union gives one line per member)
+        for item in error.errors():
+            field = str(item["loc"][0]) if item["loc"] else "?"
+            if item["type"] == "extra_forbidden":
+                problems[field] = [f"unknown parameter {field!r} (known: {known})"]
+            else:
+                problems.setdefault(field, []).append(item["msg"])
+        lines = [
+            text[0]
+            if text[0].startswith("unknown")
+            else f"{field}={values.get(field)!r}: " + " or ".join(text)
+            for field, text in problems.items()
+        ]
+        raise PolicyParamsError(f"policy {name!r}: " + "; ".join(lines)) from None
+
 
 class FusionPolicy(ABC):
     """A fusion policy: ``fuse_batch(per_image) -> list[Detections]``.
@@ -41,6 +89,11 @@ class FusionPolicy(ABC):
     Input ``per_image[i][m]`` is the :class:`Detections` of member ``m`` on image ``i`` in pixel xyxy coordinates;
     every image has the same number of members ``M``. Output: one :class:`Detections` per image, sorted by score
     (descending), with ``extras["votes"]`` (int64) = number of distinct members in each fused cluster.
+
+    Tie rule (every policy): boxes are ranked by ``score * weight`` descending, and equal values keep the input
+    order -- the lower member index first, then the member's earlier box -- as if the earlier box scored a hair
+    higher; fused detections with equal scores come out in the order of their first boxes. ensemble-boxes leaves
+    ties to numpy's unstable sort, so parity with it is claimed on inputs without tied scores only.
     """
 
     name: ClassVar[str]
@@ -48,9 +101,9 @@ class FusionPolicy(ABC):
 
     def __init__(self, params: PolicyParams | None = None, **kwargs: Any) -> None:
         if params is None:
-            params = self.Params(type=self.name, **kwargs)
-        elif kwargs:
-            params = params.model_copy(update=kwargs)
+            params = build_params(self.Params, self.name, kwargs)
+        elif kwargs:  # validated again as a whole: an update must not slip past the ranges
+            params = build_params(self.Params, self.name, {**params.model_dump(exclude={"type"}), **kwargs})
         self.params = params
 
     @abstractmethod

@@ -44,12 +44,12 @@ class Layout:
 def make_layout(keys: Tensor, sort_by: Tensor) -> Layout:
     """Order boxes by group (``keys`` int64 ``[N]``) then ``sort_by`` ``[N]`` descending.
 
-    Ties in ``sort_by`` put the later box first, as ensemble-boxes' reversed ``argsort`` does (for small inputs).
+    The tie rule of every policy: equal ``sort_by`` keep the order of the flat batch, i.e. the lower member index
+    first, then the member's earlier box (stable sorts). ensemble-boxes leaves ties to numpy's unstable sort, so
+    parity with it holds on inputs without ties.
     """
-    n = keys.shape[0]
     device = keys.device
-    flipped = torch.arange(n - 1, -1, -1, device=device)
-    order = flipped[torch.sort(sort_by[flipped], descending=True, stable=True).indices]
+    order = torch.sort(sort_by, descending=True, stable=True).indices
     order = order[torch.sort(keys[order], stable=True).indices]
     _, group, sizes = torch.unique_consecutive(keys[order], return_inverse=True, return_counts=True)
     # relabel groups so the largest comes first, keeping the within-group order
@@ -240,7 +240,8 @@ def cluster_batch(
     them with a warning instead).
 
     Returns:
-        The kept boxes in layout order (a :class:`Batch`), their ``score * weight`` ``[N]``, and the clusters.
+        The kept boxes in layout order (a :class:`Batch`), ``order`` int64 ``[N]`` (layout position -> index in the
+        batch after ``skip_box_thr``: the flat order that breaks ties), and the clusters.
     """
     if skip_box_thr > 0:
         batch = batch.select(batch.scores >= skip_box_thr)
@@ -257,7 +258,7 @@ def cluster_batch(
     scale = _image_scale(batch)
     slot, fused, sums = greedy_clusters(batch.boxes / scale, sw, batch.weight, layout, iou_thr)
     clusters = cluster_stats(slot, fused * scale, sums, sw, batch.scores, batch.member, batch.n_members)
-    return batch, sw, clusters
+    return batch, layout.order, clusters
 
 
 def _image_scale(batch: Batch) -> Tensor:

@@ -245,10 +245,16 @@ def assemble(
     scores: Tensor,
     labels: Tensor,
     votes: Tensor,
+    tiebreak: Tensor,
 ) -> list[Detections]:
     """Split fused results ``[K]`` (image index, boxes xyxy, scores, labels, votes) into one sorted
-    :class:`Detections` per image (score descending, stable), carrying each image's ``image_size``."""
-    order = torch.sort(scores, descending=True, stable=True).indices
+    :class:`Detections` per image, carrying each image's ``image_size``.
+
+    Order: score descending; equal scores by ``tiebreak`` ascending (int64 ``[K]``: the flat batch index of each
+    result's first box, so member order, then each member's input order).
+    """
+    order = torch.sort(tiebreak, stable=True).indices
+    order = order[torch.sort(scores[order], descending=True, stable=True).indices]
     order = order[torch.sort(image[order], stable=True).indices]
     counts = (
         torch.bincount(image, minlength=batch.n_images).tolist() if image.numel() else [0] * batch.n_images

@@ -30,7 +30,8 @@ class NonMaximumSuppressionParams(PolicyParams):
 class NonMaximumSuppression(FusionPolicy):
     """Pool all members' boxes and keep the local maxima of ``score * weight / max(weight)``.
 
-    The kept set equals ensemble-boxes' ``nms`` (parity-tested). Scores are ``s·w / max(w)``, so unit weights leave
+    The kept set equals ensemble-boxes' ``nms`` on inputs without tied scores (parity-tested; ties follow the tie
+    rule of :class:`~fusion.policy.FusionPolicy`, the earlier member's box first). Scores are ``s·w / max(w)``, so unit weights leave
     them unchanged; ensemble-boxes instead rescales to ``s·w / Σw`` when weights are given (not when omitted),
     which ranks boxes the same way. ``extras["votes"]`` counts the distinct members among a kept box and the boxes
     it suppressed (each suppressed box counted for the higher-scored kept box it overlaps most). Zero-area boxes are
@@ -59,5 +60,5 @@ class NonMaximumSuppression(FusionPolicy):
         keep = torch.cat(kept) if kept else torch.zeros(0, dtype=torch.int64, device=batch.device)
         votes_t = torch.cat(votes) if votes else keep.clone()
         return assemble(
-            batch, batch.image[keep], batch.boxes[keep], scores[keep], batch.labels[keep], votes_t
+            batch, batch.image[keep], batch.boxes[keep], scores[keep], batch.labels[keep], votes_t, keep
         )

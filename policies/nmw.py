@@ -35,7 +35,8 @@ class NonMaximumWeightedParams(PolicyParams):
 class NonMaximumWeighted(FusionPolicy):
     """Non-maximum weighted: NMS clusters whose box is the IoU- and score-weighted mean of the cluster.
 
-    As ensemble-boxes' ``non_maximum_weighted`` (parity-tested): weights are divided by their maximum, each box
+    As ensemble-boxes' ``non_maximum_weighted`` on inputs without tied scores (parity-tested; ties follow the tie
+    rule of :class:`~fusion.policy.FusionPolicy`): weights are divided by their maximum, each box
     carries ``s = score · w``; boxes visited by ``s`` descending either join the cluster head (an earlier head, fixed,
     never recomputed) they overlap most with IoU > ``iou_thr``, or become a head. Fused box
     ``Σ(s·IoU(b, head)·b) / Σ(s·IoU(b, head))``; score = the head's ``s``. The heads are exactly the hard-NMS kept
@@ -68,10 +69,15 @@ class NonMaximumWeighted(FusionPolicy):
             fused.append(acc[:, :4] / acc[:, 4:])
             votes.append(present.sum(dim=1))
         if not kept:
-            return assemble(
-                batch, batch.image[:0], batch.boxes[:0], scores[:0], batch.labels[:0], batch.labels[:0]
-            )
+            none = batch.labels[:0]
+            return assemble(batch, batch.image[:0], batch.boxes[:0], scores[:0], none, none, none)
         keep = torch.cat(kept)
         return assemble(
-            batch, batch.image[keep], torch.cat(fused), scores[keep], batch.labels[keep], torch.cat(votes)
+            batch,
+            batch.image[keep],
+            torch.cat(fused),
+            scores[keep],
+            batch.labels[keep],
+            torch.cat(votes),
+            keep,
         )

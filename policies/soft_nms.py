@@ -7,10 +7,12 @@ from typing import Literal
 
 import torch
 from pydantic import Field
+from torch import Tensor
 
 from fusion.boxes import box_iou
 from fusion.detections import Detections
 from fusion.policy import FusionPolicy, PolicyParams
+from policies import _suppress
 from policies._clusters import make_layout
 from policies._inputs import assemble, flatten, group_keys
 from policies._suppress import normalised_weights
@@ -40,7 +42,8 @@ class SoftNMS(FusionPolicy):
     """Soft-NMS over all members' boxes: repeatedly pick the highest remaining score and decay the others.
 
     Scores start as ``s·w / max(w)`` (unit weights leave them unchanged) and the fused scores are the DECAYED ones.
-    The kept set equals ensemble-boxes' ``soft_nms`` (parity-tested), but ensemble-boxes returns the original,
+    The kept set equals ensemble-boxes' ``soft_nms`` on inputs without tied scores (parity-tested; ties, also
+    among decayed scores, follow the tie rule of :class:`~fusion.policy.FusionPolicy`), but ensemble-boxes returns the original,
     undecayed scores of the kept boxes (and rescales to ``s·w / Σw`` when weights are given, so its ``thresh``
     corresponds to ``score_thr · Σw / max(w)`` here). All groups of all images step together: the number of Python
     steps is the size of the largest group. ``extras["votes"]`` = distinct members with a box of the group whose IoU
@@ -80,17 +83,33 @@ class SoftNMS(FusionPolicy):
             cur.mul_(torch.where(fin, 1.0, decay))
         kept = valid & (current > p.score_thr)
         group, col = kept.nonzero(as_tuple=True)
-        # votes: distinct members with an overlapping box in the group
-        overlap = (box_iou(boxes[group, col][:, None, :], boxes[group])[:, 0] > p.iou_thr) & valid[group]
-        overlap[torch.arange(group.shape[0], device=device), col] = True
-        present = torch.zeros((group.shape[0], batch.n_members), dtype=torch.float64, device=device)
-        present.scatter_add_(1, batch.member[index[group]], overlap.to(torch.float64))
+        votes = _votes(boxes, valid, index, batch.member, group, col, p.iou_thr, batch.n_members)
         idx = index[group, col]
         return assemble(
-            batch,
-            batch.image[idx],
-            batch.boxes[idx],
-            current[group, col],
-            batch.labels[idx],
-            (present > 0).sum(dim=1),
+            batch, batch.image[idx], batch.boxes[idx], current[group, col], batch.labels[idx], votes, idx
         )
+
+
+def _votes(
+    boxes: Tensor,
+    valid: Tensor,
+    index: Tensor,
+    member: Tensor,
+    group: Tensor,
+    col: Tensor,
+    iou_thr: float,
+    n_members: int,
+) -> Tensor:
+    """int64 ``[k]`` distinct members with a box of the group overlapping each kept box (``group``, ``col``) with
+    IoU > ``iou_thr`` (its own member included), computed ``PAIR_CHUNK`` box pairs at a time to bound memory."""
+    device = boxes.device
+    rows = max(1, _suppress.PAIR_CHUNK // max(boxes.shape[1], 1))
+    votes = []
+    for start in range(0, group.shape[0], rows):
+        g, c = group[start : start + rows], col[start : start + rows]
+        overlap = (box_iou(boxes[g, c][:, None, :], boxes[g])[:, 0] > iou_thr) & valid[g]
+        overlap[torch.arange(g.shape[0], device=device), c] = True
+        present = torch.zeros((g.shape[0], n_members), dtype=torch.float64, device=device)
+        present.scatter_add_(1, member[index[g]], overlap.to(torch.float64))
+        votes.append((present > 0).sum(dim=1))
+    return torch.cat(votes) if votes else group.clone()

@@ -9,7 +9,7 @@ import torch
 from pydantic import Field
 
 from fusion.detections import Detections
-from fusion.policy import FusionPolicy, PolicyParams
+from fusion.policy import FusionPolicy, PolicyParams, PolicyParamsError
 from policies._clusters import cluster_batch
 from policies._inputs import assemble, flatten
 
@@ -34,11 +34,24 @@ class ConfidenceVotingParams(PolicyParams):
     skip_box_thr: float = Field(0.0, ge=0.0)
     quorum: Quorum | Annotated[float, Field(gt=0)] = "consensus"
 
+    def check_members(self, member_weights: Sequence[float], where: str = "fusion") -> None:
+        """A numeric quorum above the members' total weight would drop every cluster: refuse it.
+
+        Raises:
+            PolicyParamsError: ``quorum`` > the sum of ``member_weights``.
+        """
+        total = float(sum(member_weights))
+        if isinstance(self.quorum, float) and self.quorum > total * (1 + 1e-9):
+            raise PolicyParamsError(
+                f"{where}.quorum={self.quorum:g} exceeds the total weight {total:g} of the {len(member_weights)} "
+                "members: no cluster could ever reach it (with unit weights, quorum counts members)"
+            )
+
 
 class ConfidenceVoting(FusionPolicy):
     """Confidence voting by distinct members.
 
-    Boxes are clustered exactly as WBF clusters them (same groups, order and threshold). A cluster survives when the
+    Boxes are clustered exactly as WBF clusters them (same groups, order, tie rule and threshold). A cluster survives when the
     weight of the DISTINCT members with a box in it reaches the quorum. Its box is the ``score * weight``-weighted
     mean of its boxes (as in WBF); its score is ``Σ_m w_m · best_m / Σ_m w_m``, where ``best_m`` is member ``m``'s
     best score in the cluster and 0 when ``m`` is absent, so a member voting twice counts once and a missing member
@@ -60,7 +73,9 @@ class ConfidenceVoting(FusionPolicy):
     def fuse_batch(self, per_image: Sequence[Sequence[Detections]]) -> list[Detections]:
         p = self.params
         batch = flatten(per_image, p.weights)
-        ordered, _, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
+        if batch.n_members:
+            p.check_members(batch.table.max(dim=1).values.tolist(), "voting")
+        ordered, order, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
         labels = ordered.labels[clusters.seed]
         member_w = batch.class_weights(labels)  # [K, M]
         total_w = member_w.sum(dim=1)
@@ -87,4 +102,5 @@ class ConfidenceVoting(FusionPolicy):
             scores[keep],
             labels[keep],
             votes[keep],
+            order[clusters.seed][keep],
         )

@@ -40,11 +40,12 @@ class WeightedBoxesFusion(FusionPolicy):
     """Weighted boxes fusion: cluster overlapping boxes across members and average them, weighted by confidence.
 
     Semantics are those of ensemble-boxes 1.0.9 ``weighted_boxes_fusion``, and so is the arithmetic: on float64
-    input (saved results are read as float64) the fused boxes and scores equal ensemble-boxes' to the bit, float32
-    rounding of its fused boxes and raw scores included (parity-tested with ``==``); on float32 input (model
-    outputs) they equal them within float32 rounding. The exceptions: more than 7 members (numpy then sums the
-    weights pairwise), and equal ``s * w`` inside a group of more than 16 boxes, whose visiting order ensemble-boxes
-    leaves to numpy's unstable sort (ours puts the later box first, as numpy does for small groups):
+    input (saved results are read as float64) WITHOUT tied ``s * w`` in a group, the fused boxes and scores equal
+    ensemble-boxes' to the bit, float32 rounding of its fused boxes and raw scores included (parity-tested with
+    ``==``); on float32 input (model outputs) they equal them within float32 rounding. The exceptions: more than 7
+    members (numpy then sums the weights pairwise), and tied ``s * w``, whose visiting order ensemble-boxes leaves
+    to numpy's unstable sort; ours follows the tie rule of :class:`~fusion.policy.FusionPolicy` (lower member
+    first, then the member's earlier box):
 
     1. boxes with raw score ``s < skip_box_thr`` are dropped; each box carries ``s * w`` (``w``: its member's weight,
        for its label when weights are per class); within each group (image and label, or image when
@@ -78,11 +79,12 @@ class WeightedBoxesFusion(FusionPolicy):
     def fuse_batch(self, per_image: Sequence[Sequence[Detections]]) -> list[Detections]:
         p = self.params
         batch = flatten(per_image, p.weights)
-        ordered, _, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
+        ordered, order, clusters = cluster_batch(batch, p.iou_thr, p.skip_box_thr, p.class_agnostic)
         labels = ordered.labels[clusters.seed]
         scores = wbf_scores(clusters, ordered, labels, p.conf_type, p.allows_overflow)
         votes = clusters.present.sum(dim=1)
-        return assemble(batch, ordered.image[clusters.seed], clusters.boxes, scores, labels, votes)
+        seed = clusters.seed
+        return assemble(batch, ordered.image[seed], clusters.boxes, scores, labels, votes, order[seed])
 
 
 def wbf_scores(

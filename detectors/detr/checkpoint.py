@@ -14,8 +14,9 @@ from typing import Any
 
 import torch
 import yaml
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
+from detectors.safe_loading import read_safetensors, read_weights_only
 from fusion.io import atomic_write_bytes, atomic_write_yaml
 
 from .model import DETR, DetrConfig, build_detr
@@ -74,7 +75,9 @@ def read_pth_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             + _OFFICIAL_URLS["detr_resnet50"]
             + ") on a machine with network access and put it at that path",
         )
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    # weights_only: a .pth holding Python objects is refused (UntrustedPickleError), a non-torch file is a
+    # WeightsFileError; neither is unpickled
+    data = read_weights_only(path, "DETR checkpoint")
     if isinstance(data, dict) and "model" in data:
         data = data["model"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -126,7 +129,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
         raise ValueError(f"{meta_path}: expected a mapping with an 'arch:' mapping of DetrConfig fields")
     config = DetrConfig.from_dict(meta["arch"], where=str(meta_path))
     model = DETR(config)
-    state = load_file(str(path))
+    state = read_safetensors(path, "DETR checkpoint")
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -180,6 +180,8 @@ class IsotonicCalibrator(Calibrator):
             raise ValueError(
                 f"isotonic calibrator {where}.tail_slope must be in [0, 1], got {slope['tail_slope']}"
             )
+        if not all(0.0 <= v <= 1.0 for v in y):
+            raise ValueError(f"isotonic calibrator {where}.y must be probabilities in [0, 1], got {y}")
         return {"x": x, "y": y, **({"tail_slope": slope["tail_slope"]} if "tail_slope" in curve else {})}
 
     def _build(self, device: torch.device) -> tuple[Any, ...]:
@@ -244,6 +246,10 @@ class HistogramCalibrator(Calibrator):
         values = check_floats(curve, "values", where, cls.method)
         if any(b < a for a, b in itertools.pairwise(values)):
             raise ValueError(f"histogram calibrator {where}.values must be non-decreasing (monotone)")
+        if not all(0.0 <= v <= 1.0 for v in values):
+            raise ValueError(
+                f"histogram calibrator {where}.values must be probabilities in [0, 1], got {values}"
+            )
         return {"values": values}
 
     def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:

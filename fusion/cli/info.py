@@ -8,7 +8,7 @@ import os
 import platform
 from pathlib import Path
 
-__all__ = ["add_parser", "environment_report"]
+__all__ = ["add_parser", "environment_report", "loading_report"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -16,6 +16,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     listing.add_argument("what", choices=["policies", "detectors"])
     listing.set_defaults(run=_run_list)
     check = subparsers.add_parser("check", help="versions, devices, weight caches and offline readiness")
+    check.add_argument(
+        "--config", help="also report how each member of this ensemble config loads its model (loads nothing)"
+    )
     check.set_defaults(run=_run_check)
 
 
@@ -80,8 +83,27 @@ def environment_report() -> dict[str, object]:
     }
 
 
+def loading_report(config_source: str) -> dict[str, str]:
+    """``{member name: loading mode}`` of an ensemble config, without loading or unpickling any model file.
+
+    Modes come from the detector's ``loading_mode(config)`` classmethod: ``safetensors``, ``weights_only``,
+    ``random init``, ``trusted pickle (...)``, ``known pickle (...)`` or ``refused: <why>``; a detector type
+    without one reports ``not reported by <type>``.
+    """
+    from fusion.config import load_ensemble_config
+    from fusion.registry import DETECTORS
+
+    config = load_ensemble_config(config_source)
+    report = {}
+    for member in config.members:  # type: ignore[attr-defined]
+        mode = getattr(DETECTORS.get(member.type), "loading_mode", None)
+        report[member.name] = mode(member) if mode is not None else f"not reported by {member.type}"
+    return report
+
+
 def _run_check(args: argparse.Namespace) -> int:
     report = environment_report()
+    members = loading_report(args.config) if args.config else {}  # a bad config fails before any output
     width = max(len(k) for k in report)
     for key, value in report.items():
         if isinstance(value, list):
@@ -89,4 +111,9 @@ def _run_check(args: argparse.Namespace) -> int:
         elif isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items())
         print(f"{key:<{width}}  {value}")
+    if members:
+        print(f"members of {args.config} (how each loads its model):")
+        name_width = max(len(name) for name in members)
+        for name, mode in members.items():
+            print(f"  {name:<{name_width}}  {mode}")
     return 0

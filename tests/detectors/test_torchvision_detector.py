@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from detectors.labels import label_lookup, map_labels
+from detectors.safe_loading import UntrustedPickleError
 from detectors.torchvision_detector import TorchvisionDetector, hub_checkpoint_dir, load_state_dict_file
 from fusion.classes import ClassMap
 from fusion.config import ConfigError, load_ensemble_config
@@ -173,7 +174,7 @@ def test_pth_file_is_read_with_weights_only_and_unwrapped(tmp_path: Path) -> Non
     loaded = load_state_dict_file(tmp_path / "w.pth")
     assert sorted(loaded) == ["a.weight", "b.bias"] and torch.equal(loaded["a.weight"], state["a.weight"])
     torch.save({"model": _Unsafe()}, tmp_path / "unsafe.pth")
-    with pytest.raises(Exception, match="Weights only load failed|weights_only"):
+    with pytest.raises(UntrustedPickleError, match=r"unsafe\.pth: it holds Python objects"):
         load_state_dict_file(tmp_path / "unsafe.pth")
 
 

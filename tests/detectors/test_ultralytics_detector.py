@@ -84,7 +84,8 @@ def test_names_are_used_when_the_model_has_them(detector: UltralyticsDetector, t
     detector.model.model.names = dict(enumerate(COCO80.names))
     path = tmp_path / "tiny.pt"
     detector.model.save(path)
-    loaded = UltralyticsDetector(_config(model=str(path), classes=None), REVERSED, torch.device("cpu"))
+    config = _config(model=str(path), classes=None, trust_pickle=True)  # our own file: a pickle we trust
+    loaded = UltralyticsDetector(config, REVERSED, torch.device("cpu"))
     assert loaded.source_classes == COCO80
     assert loaded.lookup[0] == 79 and loaded.lookup[79] == 0
 

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from ensemble_boxes import nms, non_maximum_weighted, soft_nms
 from policy_cases import clustered_members, match_rows, normalised
 
@@ -123,3 +124,18 @@ def test_nms_handles_member_without_boxes() -> None:
     out = fuse(members, "nms")
     assert out.scores.tolist() == pytest.approx([0.9])
     assert out.labels.tolist() == [2]
+
+
+@pytest.mark.parametrize("policy", ["nms", "nmw", "soft_nms"])
+def test_pair_chunks_do_not_change_the_result(policy: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 13 D4: box pairs are compared in chunks of PAIR_CHUNK; tiny chunks must give the same output
+    import policies._suppress as suppress
+
+    members = clustered_members(np.random.default_rng(7), n_members=3, n_boxes=60, n_classes=2)
+    whole = fuse(members, policy, iou_thr=0.5, weights=[1.0, 2.0, 0.5])
+    monkeypatch.setattr(suppress, "PAIR_CHUNK", 7)
+    chunked = fuse(members, policy, iou_thr=0.5, weights=[1.0, 2.0, 0.5])
+    assert len(whole) > 10 and int(whole.extras["votes"].max()) > 1  # clusters with several members
+    for field in ("boxes", "scores", "labels"):
+        assert torch.equal(getattr(chunked, field), getattr(whole, field)), field
+    assert torch.equal(chunked.extras["votes"], whole.extras["votes"])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pickle
-
 import pytest
 import torch
 import yaml
@@ -11,6 +9,7 @@ import yaml
 from detectors.detr import build_detr, load_checkpoint, load_official, nested_batch, save_checkpoint
 from detectors.detr.checkpoint import read_pth_state_dict
 from detectors.detr.training import build_student
+from detectors.safe_loading import UntrustedPickleError
 
 
 def test_round_trip_keeps_architecture_weights_and_outputs(tmp_path) -> None:
@@ -74,7 +73,7 @@ class _Evil:
 def test_pth_is_read_with_weights_only(tmp_path) -> None:
     path = tmp_path / "evil.pth"
     torch.save({"model": {"w": torch.zeros(1)}, "payload": _Evil()}, path)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(UntrustedPickleError, match=r"evil\.pth: it holds Python objects"):
         read_pth_state_dict(path)
     tiny = build_detr("detr_tiny", num_classes=91)
     with pytest.raises(ValueError, match=r"does not fit architecture 'detr_tiny' \(num_classes=80\)"):
