@@ -53,9 +53,9 @@ def choose_threshold(
     Raises:
         ValueError: no detections or no (non-crowd) ground-truth boxes to choose on.
     """
-    from fusion.calibration.matching import ground_truth_from_coco, match_detections
+    from fusion.calibration.matching import match_detections
 
-    truth = ground_truth_from_coco(gt.dataset, gt.class_map)
+    truth = gt.detections()
     truths = [truth[int(i)] for i in gt.image_ids.tolist()]
     num_gt = int(sum(int((~t.extras["iscrowd"]).sum()) for t in truths))
     if len(predictions) == 0 or num_gt == 0:

@@ -30,7 +30,9 @@ GOLDEN = {
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    # .lock holds the pid of the process that wrote the run folder: run metadata, not rendered data
+    files = (p for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock")
+    return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
 @pytest.fixture(scope="module")
