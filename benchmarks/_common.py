@@ -29,6 +29,7 @@ __all__ = [
     "fusion_cli",
     "print_table",
     "read_jsonl",
+    "resumable_run",
     "run_child",
     "score_member",
     "shown",
@@ -86,7 +87,9 @@ class Child:
         """Raise with the end of the log when the run failed (a budget stop is not a failure)."""
         if self.returncode != 0 and not self.stopped:
             tail = self.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{shown(self.command)} failed ({self.returncode}); end of {self.log}:\n{tail}")
+            raise RuntimeError(
+                f"{shown(self.command)} failed ({self.returncode}); end of {self.log}:\n{tail}"
+            )
         return self
 
 
@@ -114,7 +117,12 @@ def run_child(
         handle.write(f"\n$ {shown(command)}\n".encode())
         handle.flush()
         process = subprocess.Popen(
-            list(command), stdout=handle, stderr=subprocess.STDOUT, env=environment, cwd=cwd, start_new_session=True
+            list(command),
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=environment,
+            cwd=cwd,
+            start_new_session=True,
         )
         while True:
             try:
@@ -132,6 +140,64 @@ def run_child(
     return Child(process.returncode, time.perf_counter() - start, stopped, log, list(command))
 
 
+def resumable_run(
+    folder: Path,
+    fresh: Sequence[str],
+    log: Path,
+    *,
+    resume: bool,
+    budget_s: float | None = None,
+    threads: int = 1,
+    env: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """Run ``fresh`` (a ``fusion train`` command writing ``folder``), or continue ``folder`` with ``--resume``.
+
+    ``folder/bench.json`` records the command, the wall time used so far (``trained_s``, updated while the child
+    runs, so a killed benchmark keeps it) and whether the run finished. With ``budget_s`` the child is killed once
+    the run's total reaches it; a later call with ``resume`` continues it until the total does.
+
+    Raises:
+        FileExistsError: ``folder`` exists and ``resume`` is False.
+    """
+    import shutil
+
+    from fusion.io import atomic_write_json
+
+    path = folder / "bench.json"
+    if folder.exists() and not resume:
+        raise FileExistsError(f"{folder} exists: pass --resume to continue it, or choose another --out")
+    state = json.loads(path.read_text()) if path.is_file() else {}
+    # Killed before its first checkpoint (own-loop runs keep theirs under ultralytics/): nothing to continue.
+    started = (folder / "checkpoint.pt").is_file() or (folder / "ultralytics").is_dir()
+    if folder.exists() and not started and not state.get("finished"):
+        shutil.rmtree(folder)
+        state = {}
+    if state.get("finished") or (budget_s is not None and state.get("trained_s", 0.0) >= budget_s):
+        return state
+    if state:
+        command = fusion_cli("train", "--resume", str(folder))
+    else:
+        command = list(fresh)
+        state = {"command": shown(command), "trained_s": 0.0, "sessions": 0}
+    used = float(state["trained_s"])
+    state["sessions"] += 1
+
+    def tick(elapsed: float) -> None:
+        if folder.is_dir():
+            atomic_write_json(path, {**state, "trained_s": used + elapsed})
+
+    remaining = None if budget_s is None else budget_s - used
+    child = run_child(command, log, budget_s=remaining, threads=threads, env=env, on_tick=tick)
+    state["trained_s"] = used + child.seconds
+    state["finished"] = child.returncode == 0 and not child.stopped
+    state.pop("error", None)
+    if not child.stopped and child.returncode != 0:
+        state["error"] = child.log.read_text(errors="replace")[-1500:]
+    if folder.is_dir():
+        atomic_write_json(path, state)
+    return state
+
+
 def ensure_data(
     folder: str | Path, counts: Mapping[str, int], size: int = 128, seed: int = 0, workers: int = 0
 ) -> dict[str, tuple[Path, Path]]:
@@ -142,7 +208,9 @@ def ensure_data(
     from fusion.synthetic.render import render_dataset
 
     name = f"shapes{size}-s{seed}-" + "-".join(f"{k}{v}" for k, v in counts.items() if v)
-    return render_dataset(Path(folder) / name, seed=seed, splits=dict(counts), image_size=size, workers=workers)
+    return render_dataset(
+        Path(folder) / name, seed=seed, splits=dict(counts), image_size=size, workers=workers
+    )
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
@@ -194,10 +262,14 @@ def score_member(
     return {k: float(v) for k, v in metrics["members"][name].items() if isinstance(v, int | float)}
 
 
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()) -> None:
+def print_table(
+    title: str, header: Sequence[str], rows: Sequence[Sequence[Any]], notes: Sequence[str] = ()
+) -> None:
     """A plain-text table: ``title``, a header, rows (floats with 4 digits), then notes."""
     cells = [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(header)]
+    widths = [
+        max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h)) for i, h in enumerate(header)
+    ]
     print(f"\n{title}")
     print("  ".join(str(h).ljust(w) for h, w in zip(header, widths)))
     print("  ".join("-" * w for w in widths))

@@ -23,8 +23,8 @@ from torch import Tensor
 from torchvision.ops import box_convert
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, print_table  # noqa: E402
-from detr_transformers import transformers_state_dict, transformers_twin  # noqa: E402
+from _common import ROOT, print_table
+from detr_transformers import transformers_state_dict, transformers_twin
 
 __all__ = ["ARCHS", "step_table"]
 
@@ -91,7 +91,9 @@ def _labels(images: list[Tensor], targets: list[dict]) -> list[dict[str, Tensor]
 class _Steps:
     """One training step of ours and of the reference on a fixed batch."""
 
-    def __init__(self, arch: str, split: tuple[Path, Path], batch: int, device: torch.device, amp: bool) -> None:
+    def __init__(
+        self, arch: str, split: tuple[Path, Path], batch: int, device: torch.device, amp: bool
+    ) -> None:
         from detectors.detr.preprocess import nested_batch
         from fusion.coco.annotations import load_annotations
 
@@ -104,7 +106,11 @@ class _Steps:
         self.clip = loop.clip_grad
         self.images, self.targets = _batch(split, batch, device)
         pixels, mask = nested_batch(self.images)
-        self.ref_inputs = {"pixel_values": pixels, "pixel_mask": (~mask).long(), "labels": _labels(self.images, self.targets)}
+        self.ref_inputs = {
+            "pixel_values": pixels,
+            "pixel_mask": (~mask).long(),
+            "labels": _labels(self.images, self.targets),
+        }
         self.device, self.amp, self.arch = device, amp, arch
         self.params = sum(p.numel() for p in self.trainable.model.parameters())
 
@@ -156,7 +162,9 @@ def parity(split: tuple[Path, Path], batch: int = 4) -> tuple[float, float]:
     pixels, mask = nested_batch(images)
     with torch.no_grad():
         ours = float(sum(trainable.loss(images, targets).values()))
-        ref = float(reference(pixel_values=pixels, pixel_mask=(~mask).long(), labels=_labels(images, targets)).loss)
+        ref = float(
+            reference(pixel_values=pixels, pixel_mask=(~mask).long(), labels=_labels(images, targets)).loss
+        )
     return ours, ref
 
 
@@ -179,8 +187,19 @@ def step_table(
     print_table(
         f"(a) DETR training step, ours vs transformers' DetrForObjectDetection (same weights, batch, optimiser); "
         f"best / median of {reps} alternating rounds, torch threads {torch.get_num_threads()}",
-        ["arch", "params M", "device", "dtype", "batch", "ours img/s", "ref img/s", "ratio best", "ratio median",
-         "loss@1 ours", "loss@1 ref"],
+        [
+            "arch",
+            "params M",
+            "device",
+            "dtype",
+            "batch",
+            "ours img/s",
+            "ref img/s",
+            "ratio best",
+            "ratio median",
+            "loss@1 ours",
+            "loss@1 ref",
+        ],
         rows,
         [
             "target: ratio >= 1.0x the reference's throughput (issue 14)",
@@ -192,7 +211,9 @@ def step_table(
     )
 
 
-def _measure(arch: str, split: tuple[Path, Path], batch: int, device: torch.device, amp: bool, reps: int) -> list:
+def _measure(
+    arch: str, split: tuple[Path, Path], batch: int, device: torch.device, amp: bool, reps: int
+) -> list:
     steps = _Steps(arch, split, batch, device, amp)
     first = (steps.ours(), steps.ref())  # warm-up step (allocations, cuDNN plans)
     ours_t, ref_t = [], []

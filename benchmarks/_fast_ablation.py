@@ -15,15 +15,12 @@ The fast-DETR options come from the h-fastdetr branch (``DetrConfig`` fields and
 from __future__ import annotations
 
 import dataclasses
-import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from _common import ROOT, fusion_cli, print_table, run_child, shown
+from _common import ROOT, fusion_cli, print_table, resumable_run
 
 __all__ = ["VARIANTS", "Variant", "ablation_table"]
 
@@ -46,42 +43,73 @@ _FAST = ("model.model=detr_fast_r18", "model.arch={}")
 VARIANTS: tuple[Variant, ...] = (
     Variant("plain", "DETR: R18 layer4, dense attention, softmax CE (configs/train/detr.yaml)", ()),
     Variant(
-        "plain-r18l3", "plain, backbone ResNet-18 to layer3 (stride 16)", ("model.arch.backbone_layers=[3]",),
+        "plain-r18l3",
+        "plain, backbone ResNet-18 to layer3 (stride 16)",
+        ("model.arch.backbone_layers=[3]",),
         fields=("backbone_layers",),
     ),
-    Variant("fast", "fast preset detr_fast_r18 (all techniques)", _FAST, preset="detr_fast_r18"),
+    Variant(
+        "fast",
+        "preset detr_fast_r18: deformable R18 l2+l3, refine, two-stage, focal",
+        _FAST,
+        preset="detr_fast_r18",
+    ),
     Variant(
         "fast-no-deformable",
         "fast without deformable attention (dense, 1 level: no refine / two-stage)",
-        (*_FAST, "model.arch.deformable=false", "model.arch.backbone_layers=[3]", "model.arch.box_refine=false",
-         "model.arch.two_stage=false", "model.arch.num_queries=30"),
-        "detr_fast_r18", ("deformable", "backbone_layers", "box_refine", "two_stage"),
-    ),  # fmt: skip
+        (
+            *_FAST,
+            "model.arch.deformable=false",
+            "model.arch.backbone_layers=[3]",
+            "model.arch.box_refine=false",
+            "model.arch.two_stage=false",
+            "model.arch.num_queries=30",
+        ),
+        "detr_fast_r18",
+        ("deformable", "backbone_layers", "box_refine", "two_stage"),
+    ),
     Variant(
-        "fast-single-level", "fast, one level (stride 16) instead of strides 8+16",
-        (*_FAST, "model.arch.backbone_layers=[3]", "model.arch.num_queries=30"), "detr_fast_r18", ("backbone_layers",),
-    ),  # fmt: skip
+        "fast-single-level",
+        "fast, one level (stride 16) instead of strides 8+16",
+        (*_FAST, "model.arch.backbone_layers=[3]", "model.arch.num_queries=30"),
+        "detr_fast_r18",
+        ("backbone_layers",),
+    ),
     Variant(
-        "fast-no-refine", "fast without iterative box refinement", (*_FAST, "model.arch.box_refine=false"),
-        "detr_fast_r18", ("box_refine",),
-    ),  # fmt: skip
+        "fast-no-refine",
+        "fast without iterative box refinement",
+        (*_FAST, "model.arch.box_refine=false"),
+        "detr_fast_r18",
+        ("box_refine",),
+    ),
     Variant(
-        "fast-no-two-stage", "fast without two-stage mixed query selection", (*_FAST, "model.arch.two_stage=false"),
-        "detr_fast_r18", ("two_stage",),
-    ),  # fmt: skip
+        "fast-no-two-stage",
+        "fast without two-stage mixed query selection",
+        (*_FAST, "model.arch.two_stage=false"),
+        "detr_fast_r18",
+        ("two_stage",),
+    ),
     Variant(
-        "fast-no-groups", "fast without Group-DETR one-to-many query groups", (*_FAST, "model.arch.num_query_groups=1"),
-        "detr_fast_r18", ("num_query_groups",),
-    ),  # fmt: skip
+        "fast+groups",
+        "fast plus Group-DETR one-to-many supervision (3 query groups; the preset has 1)",
+        (*_FAST, "model.arch.num_query_groups=3"),
+        "detr_fast_r18",
+        ("num_query_groups",),
+    ),
     Variant(
-        "fast-softmax", "fast with softmax CE instead of focal (needs no two-stage)",
-        (*_FAST, "model.arch.classification=softmax", "model.arch.two_stage=false"), "detr_fast_r18",
+        "fast-softmax",
+        "fast with softmax CE instead of focal (needs no two-stage)",
+        (*_FAST, "model.arch.classification=softmax", "model.arch.two_stage=false"),
+        "detr_fast_r18",
         ("classification", "two_stage"),
-    ),  # fmt: skip
+    ),
     Variant(
-        "fast+dn", "fast plus denoising queries (DN-DETR/DINO, 3 groups)", (*_FAST, "model.arch.denoising_groups=3"),
-        "detr_fast_r18", ("denoising_groups",),
-    ),  # fmt: skip
+        "fast+dn",
+        "fast plus denoising queries (DN-DETR/DINO, 3 groups)",
+        (*_FAST, "model.arch.denoising_groups=3"),
+        "detr_fast_r18",
+        ("denoising_groups",),
+    ),
 )
 
 
@@ -105,54 +133,16 @@ def base_overrides(data: dict[str, tuple[Path, Path]], batch: int, checkpoint_ev
     ]  # fmt: skip
 
 
-def _state(folder: Path) -> dict[str, Any]:
-    path = folder / "bench.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _save_state(folder: Path, state: dict[str, Any]) -> None:
-    from fusion.io import atomic_write_json
-
-    if folder.is_dir():
-        atomic_write_json(folder / "bench.json", state)
-
-
 def train_variant(
     variant: Variant, out: Path, shared: list[str], budget_s: float, resume: bool, device: str, threads: int
 ) -> dict[str, Any]:
     """Train (or continue) one variant's run until it has used ``budget_s``; returns its ``bench.json``."""
     project = out / "ablation"
-    folder = project / "train" / variant.name
-    state = _state(folder)
-    if folder.exists() and not resume:
-        raise FileExistsError(f"{folder} exists: pass --resume to continue it, or another --out")
-    if folder.exists() and not (folder / "checkpoint.pt").is_file():
-        shutil.rmtree(folder)  # killed before its first checkpoint: nothing to continue
-        state = {}
-    if state:
-        command = fusion_cli("train", "--resume", str(folder))
-    else:
-        overrides = [*shared, *variant.overrides, f"name={variant.name}", f"device={device}"]
-        command = fusion_cli("train", "--config", str(ROOT / "configs/train/detr.yaml"), "--project", str(project),
-                             *overrides)  # fmt: skip
-        state = {"variant": variant.name, "command": shown(command), "trained_s": 0.0, "sessions": 0}
-    used = float(state["trained_s"])
-    remaining = budget_s - used
-    if remaining <= 0:
-        return state
-    state["sessions"] += 1
-
-    def tick(elapsed: float) -> None:
-        state["trained_s"] = used + elapsed
-        _save_state(folder, state)
-
-    child = run_child(command, out / "logs" / f"{variant.name}.log", budget_s=remaining, threads=threads, on_tick=tick)
-    state["trained_s"] = used + child.seconds
-    state["finished"] = not child.stopped
-    if not child.stopped and child.returncode != 0:
-        state["error"] = child.log.read_text(errors="replace")[-1500:]
-    _save_state(folder, state)
-    return state
+    overrides = [*shared, *variant.overrides, f"name={variant.name}", f"device={device}"]
+    fresh = fusion_cli("train", "--config", str(ROOT / "configs/train/detr.yaml"), "--project", str(project),
+                       *overrides)  # fmt: skip
+    folder, log = project / "train" / variant.name, out / "logs" / f"{variant.name}.log"
+    return resumable_run(folder, fresh, log, resume=resume, budget_s=budget_s, threads=threads)
 
 
 def evaluate_run(folder: Path, split: tuple[Path, Path], device: str) -> dict[str, Any]:
@@ -175,7 +165,9 @@ def evaluate_run(folder: Path, split: tuple[Path, Path], device: str) -> dict[st
     trainable.model.load_state_dict(weights)
     trainable.model.to(target)
     gt = load_annotations(split[0])
-    stats = evaluate_trainable(trainable, gt, split[1], gt_train.class_map, target, DistContext(), batch_size=16)
+    stats = evaluate_trainable(
+        trainable, gt, split[1], gt_train.class_map, target, DistContext(), batch_size=16
+    )
     return {"step": int(state["step"]), "epoch": int(state["epoch"]), **stats}
 
 
@@ -201,16 +193,22 @@ def ablation_table(
     for variant in chosen:
         missing = missing_options(variant)
         if missing:
-            notes.append(f"{variant.name}: skipped, this checkout's DETR lacks {', '.join(missing)} (h-fastdetr)")
+            notes.append(
+                f"{variant.name}: skipped, this checkout's DETR lacks {', '.join(missing)} (h-fastdetr)"
+            )
             continue
         state = train_variant(variant, out, shared, minutes * 60, resume, device, threads)
         folder = out / "ablation" / "train" / variant.name
         if "error" in state or not (folder / "checkpoint.pt").is_file():
             reason = state.get("error", "no checkpoint written within the budget").strip().splitlines()[-1:]
-            notes.append(f"{variant.name}: failed ({' '.join(reason)}); log {out / 'logs' / (variant.name + '.log')}")
+            notes.append(
+                f"{variant.name}: failed ({' '.join(reason)}); log {out / 'logs' / (variant.name + '.log')}"
+            )
             continue
         stats = evaluate_run(folder, data["test"], device)
-        rows.append([variant.name, stats["step"], state["trained_s"] / 60, stats["AP"], stats["AP50"], variant.what])
+        rows.append(
+            [variant.name, stats["step"], state["trained_s"] / 60, stats["AP"], stats["AP50"], variant.what]
+        )
         notes.append(f"{variant.name}: {state['command']}")
     print_table(
         f"(b) fast-converging DETR ablation: AP on {data['test'][0].parent.name} ({data['test'][0]}) after "
