@@ -33,6 +33,7 @@ __all__ = [
     "run_child",
     "score_member",
     "shown",
+    "trained_member",
 ]
 
 
@@ -149,8 +150,10 @@ def resumable_run(
     budget_s: float | None = None,
     threads: int = 1,
     env: Mapping[str, str] | None = None,
+    verb: str = "train",
 ) -> dict[str, Any]:
-    """Run ``fresh`` (a ``fusion train`` command writing ``folder``), or continue ``folder`` with ``--resume``.
+    """Run ``fresh`` (a ``fusion train`` / ``distill`` command writing ``folder``), or continue ``folder`` with
+    ``fusion <verb> --resume``.
 
     ``folder/bench.json`` records the command, the wall time used so far (``trained_s``, updated while the child
     runs, so a killed benchmark keeps it) and whether the run finished. With ``budget_s`` the child is killed once
@@ -175,7 +178,7 @@ def resumable_run(
     if state.get("finished") or (budget_s is not None and state.get("trained_s", 0.0) >= budget_s):
         return state
     if state:
-        command = fusion_cli("train", "--resume", str(folder))
+        command = fusion_cli(verb, "--resume", str(folder))
     else:
         command = list(fresh)
         state = {"command": shown(command), "trained_s": 0.0, "sessions": 0}
@@ -225,6 +228,22 @@ def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue
     return records
+
+
+def trained_member(folder: str | Path, name: str | None = None) -> dict[str, Any]:
+    """The member config of a trained run: its config's ``model`` section under ``weights/best.member.yaml``.
+
+    The exported YAML names the weights; the training config keeps the inference settings the plugin may not
+    export (e.g. an ultralytics member's ``conf: 0.001``: without it the member would be scored at 0.25).
+    """
+    import yaml
+
+    folder = Path(folder)
+    model = yaml.safe_load((folder / "config.yaml").read_text())["model"]
+    exported = yaml.safe_load((folder / "weights" / "best.member.yaml").read_text())
+    if exported.get("type") == "ultralytics":
+        model.pop("model", None)  # the architecture YAML trained from; the export names the trained one
+    return {**model, **exported, **({"name": name} if name else {})}
 
 
 def score_member(

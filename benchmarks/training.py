@@ -17,6 +17,7 @@ Timing numbers on a shared CPU are noisy: the step table alternates ours and the
 from __future__ import annotations
 
 import argparse
+import shutil
 import socket
 import sys
 from pathlib import Path
@@ -34,6 +35,7 @@ from _common import (
     read_jsonl,
     resumable_run,
     score_member,
+    trained_member,
 )
 
 #: member name -> its training config (table c)
@@ -78,20 +80,36 @@ def members_table(
         if "error" in state:
             notes.append(f"{name}: failed; see {out / 'logs' / (name + '.log')}")
             continue
-        stats = score_member(
-            folder / "weights" / "best.member.yaml", folder / "classes.yaml", data["test"], out / "score",
-            device=args.device,
-        )  # fmt: skip
-        rows.append([name, epochs[name], state["trained_s"] / 60, stats["AP"], stats["AP50"]])
+        own = _own_validation(folder)
+        try:
+            stats = score_member(
+                trained_member(folder), folder / "classes.yaml", data["test"], out / "score",
+                device=args.device,
+            )  # fmt: skip
+        except Exception as error:  # a row that cannot be scored must not hide the others
+            notes.append(f"{name}: scoring the trained member failed: {str(error).strip().splitlines()[-1]}")
+            stats = {"AP": None, "AP50": None}
+        rows.append([name, epochs[name], state["trained_s"] / 60, stats["AP"], stats["AP50"], own])
         notes.append(f"{name}: {state['command']}")
     print_table(
         f"(c) members trained by fusion train on {image_count(data['train'][0])} train images, "
         f"AP on the test split ({data['test'][0]}), {args.device}, {args.threads} torch thread(s)",
-        ["member", "epochs", "wall min", "AP", "AP50"],
+        ["member", "epochs", "wall min", "AP", "AP50", "own val AP"],
         rows,
         ["reference (issue 14, by hand, 1 core): YOLO11n AP 0.668 in 4 epochs / 10 min on 4,000 images; "
          "YOLOv8n 0.669; Faster R-CNN mobilenet ~0.06 after 10 min", *notes],
     )  # fmt: skip
+
+
+def _own_validation(folder: Path) -> float | None:
+    """The trainer's own last validation AP (ultralytics' mAP50-95 on val; ours: the last eval record)."""
+    import json
+
+    fit = folder / "fit.json"
+    if fit.is_file():
+        return json.loads(fit.read_text())["metrics"].get("metrics/mAP50-95(B)")
+    evals = [r for r in read_jsonl(folder / "metrics.jsonl") if r.get("kind") == "eval"]
+    return evals[-1]["stats"]["AP"] if evals else None
 
 
 def image_count(annotations: Path) -> int:
@@ -148,7 +166,10 @@ def ddp_table(data: dict[str, tuple[Path, Path]], out: Path, args: Any) -> None:
         command = [sys.executable, *launcher, *train, *overrides]
         env = child_env(1, FUSION_DIST_BACKEND="gloo", CUDA_VISIBLE_DEVICES="")
         folder = out / "ddp" / "train" / name
-        state = resumable_run(folder, command, out / "logs" / f"{name}.log", resume=args.resume, env=env)
+        shutil.rmtree(
+            folder, ignore_errors=True
+        )  # a short measurement: always a fresh run with this launcher
+        state = resumable_run(folder, command, out / "logs" / f"{name}.log", resume=False, env=env)
         if "error" in state:
             notes.append(f"{name}: failed; see {out / 'logs' / (name + '.log')}")
             continue
