@@ -102,7 +102,9 @@ def _student(kind: str, seed: int, data: dict, out: Path, teacher: Path, ensembl
         config, extra = "configs/distill/detr_teacher.yaml", [f"teacher.checkpoint={checkpoint}"]
         extra += _NO_KD if kind == "no-kd" else []
     project = out / "distill"
-    fresh = fusion_cli("distill", "--config", str(ROOT / config), "--project", str(project), *common, *extra)
+    fresh = fusion_cli(
+        "distill", "--config", str(ROOT / config), "--project", str(project), "--no-report", *common, *extra
+    )
     folder = project / "distill" / name
     log = out / "logs" / f"{name}.log"
     state = resumable_run(folder, fresh, log, resume=args.resume, threads=args.threads, verb="distill")

@@ -122,13 +122,15 @@ def missing_options(variant: Variant) -> list[str]:
     return missing + [f"DetrConfig.{name}" for name in variant.fields if name not in known]
 
 
-def base_overrides(data: dict[str, tuple[Path, Path]], batch: int, checkpoint_every: int) -> list[str]:
+def base_overrides(
+    data: dict[str, tuple[Path, Path]], batch: int, checkpoint_every: int, workers: int = 0
+) -> list[str]:
     """Overrides every variant shares: the rendered data, budget-friendly loop settings, no in-loop evaluation."""
     (train_ann, train_img), (val_ann, val_img) = data["train"], data["val"]
     return [
         f"data.train.annotations={train_ann}", f"data.train.images={train_img}",
         f"data.val.annotations={val_ann}", f"data.val.images={val_img}",
-        "data.workers=0", f"train.batch_size={batch}", "train.epochs=100000", "train.schedule=step",
+        f"data.workers={workers}", f"train.batch_size={batch}", "train.epochs=100000", "train.schedule=step",
         "train.milestones=[]", "train.eval_every=0", f"train.checkpoint_every={checkpoint_every}", "train.log_every=10",
     ]  # fmt: skip
 
@@ -182,9 +184,10 @@ def ablation_table(
     resume: bool,
     device: str,
     threads: int,
+    workers: int = 0,
 ) -> None:
     """Train every selected variant for ``minutes`` of wall time (resumable), then print AP on the test split."""
-    shared = base_overrides(data, batch, checkpoint_every)
+    shared = base_overrides(data, batch, checkpoint_every, workers)
     chosen = [v for v in VARIANTS if names is None or v.name in names]
     unknown = sorted(set(names or []) - {v.name for v in VARIANTS})
     if unknown:

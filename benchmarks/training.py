@@ -202,9 +202,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train", type=int, default=4000)
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
-    parser.add_argument("--resume", action="store_true", help="continue the runs found under --out")
+    parser.add_argument("--render-workers", type=int, default=0, help="processes rendering the data (once)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the runs found under --out (by run name)"
+    )
     parser.add_argument("--device", default="cpu", help="device of trainings (b, c) and scoring")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
+    parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of the DETR runs (b)")
     step = parser.add_argument_group("(a) step")
     step.add_argument(
         "--step-archs", nargs="+", default=["small"], help="small (configs/train/detr.yaml) | r50"
@@ -248,7 +252,8 @@ def load_data(args: argparse.Namespace) -> dict[str, tuple[Path, Path]]:
                 f"--data {args.data}: missing {missing} (fusion render --train/--val/--test)"
             )
         return splits
-    return ensure_data(args.out / "data", {"train": args.train, "val": args.val, "test": args.test})
+    counts = {"train": args.train, "val": args.val, "test": args.test}
+    return ensure_data(args.out / "data", counts, workers=args.render_workers)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -273,7 +278,7 @@ def run(args: argparse.Namespace) -> None:
 
         ablation_table(
             data, args.out, args.minutes, args.variants, batch=args.fast_batch, checkpoint_every=args.checkpoint_every,
-            resume=args.resume, device=args.device, threads=args.threads,
+            resume=args.resume, device=args.device, threads=args.threads, workers=args.workers,
         )  # fmt: skip
     if args.members:
         epochs = {"yolo11n": args.yolo_epochs, "yolov8n": args.yolo_epochs, "frcnn": args.tv_epochs}
