@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 import yaml
-from _common import ROOT, fusion_cli, print_table, resumable_run, score_member, trained_member
+from _common import ROOT, fusion_cli, print_table, resumable_run, score_member, step_schedule, trained_member
 from training import data_overrides
 
 __all__ = ["detr_distill_table"]
@@ -63,7 +63,7 @@ def _numel(shape: list[int]) -> int:
 def _train_teacher(data: dict, out: Path, args: Any) -> Path:
     project = out / "members"
     overrides = [*data_overrides(data), "name=detr-teacher", f"train.epochs={args.detr_teacher_epochs}",
-                 f"device={args.device}", "data.workers=0"]  # fmt: skip
+                 f"device={args.device}", "data.workers=0", *step_schedule(args.detr_teacher_epochs)]  # fmt: skip
     fresh = fusion_cli(
         "train", "--config", str(ROOT / "configs/train/detr.yaml"), "--project", str(project), *overrides
     )

@@ -35,6 +35,7 @@ from _common import (
     read_jsonl,
     resumable_run,
     score_member,
+    step_schedule,
     trained_member,
 )
 
@@ -145,7 +146,7 @@ def ddp_table(data: dict[str, tuple[Path, Path]], out: Path, args: Any) -> None:
         name = f"ddp{ranks}"
         overrides = [*data_overrides(data), f"name={name}", f"train.batch_size={args.ddp_batch}",
                      f"train.epochs={epochs}", "train.log_every=1", "train.eval_every=0", "data.workers=0",
-                     "device=cpu", "train.checkpoint_every=100000"]  # fmt: skip
+                     "device=cpu", "train.checkpoint_every=100000", *step_schedule(epochs)]  # fmt: skip
         train = [
             "-m",
             "fusion",
