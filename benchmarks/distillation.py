@@ -13,6 +13,7 @@ Students use ``fusion train`` with the ultralytics plugin's ``pseudo_labels`` op
 (2) ``--detr``: needs ``fusion distill`` (``configs/distill/*.yaml``); skipped with a note where it is missing.
 
 Every AP is COCO AP on the held-out ``test`` split through ``fusion.scoring.score``.
+``--resume`` finds runs by name only: other data (``--data``, split sizes) need another ``--out``.
 """
 
 from __future__ import annotations
@@ -197,7 +198,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--val", type=int, default=500)
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--unlabeled", type=int, default=4000)
-    parser.add_argument("--resume", action="store_true", help="continue the runs found under --out")
+    parser.add_argument("--render-workers", type=int, default=0, help="processes rendering the data (once)")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the runs found under --out (by run name)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--members", nargs="+", default=["yolo11n", "yolov8n"], choices=list(MEMBERS))
@@ -225,7 +229,7 @@ def load_data(args: argparse.Namespace) -> dict[str, tuple[Path, Path]]:
             )
         return found
     counts = {"train": args.train, "val": args.val, "test": args.test, "unlabeled": args.unlabeled}
-    return ensure_data(args.out / "data", counts)
+    return ensure_data(args.out / "data", counts, workers=args.render_workers)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ Data: ``--data DIR`` (a ``fusion render`` folder with train/val/test) or rendere
 ``--train/--val/--test`` images (default 4000/500/500, the hand measurements' size; rendered once, reused).
 APs are COCO AP on the held-out ``test`` split, scored by ``fusion.scoring.score`` (what ``fusion score`` runs).
 Runs and logs go under ``--out`` (default ``runs/bench/training``); ``--resume`` continues runs found there.
+``--resume`` finds runs by name only: other data (``--data``, split sizes) need another ``--out``.
 Timing numbers on a shared CPU are noisy: the step table alternates ours and the reference round by round.
 """
 
