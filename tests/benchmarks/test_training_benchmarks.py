@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -14,7 +15,10 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 ablation = importlib.import_module("_fast_ablation")
 common = importlib.import_module("_common")
-training = importlib.import_module("training")
+# Loaded under its own name: `training` could also name a test folder (a namespace package) on sys.path.
+_spec = importlib.util.spec_from_file_location("bench_training", BENCH / "training.py")
+training = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(training)
 
 
 @pytest.mark.parametrize("variant", ablation.VARIANTS, ids=lambda v: v.name)
