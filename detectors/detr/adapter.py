@@ -119,5 +119,11 @@ class DetrDetector(Detector):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             outputs = self.model(tensor, mask)
         # DETR boxes are relative to each image, so they scale straight to the ORIGINAL sizes.
-        detections = postprocess(outputs, batch.sizes, score_thr=cfg.score_thr, top_k=cfg.top_k)
+        detections = postprocess(
+            outputs,
+            batch.sizes,
+            score_thr=cfg.score_thr,
+            top_k=cfg.top_k,
+            classification=self.model.config.classification,
+        )
         return [map_labels(d, self.lookup) for d in detections]

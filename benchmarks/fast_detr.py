@@ -1,0 +1,194 @@
+"""Fast-converging DETR vs plain DETR on rendered shapes: loss and AP after a fixed wall-clock budget, step time.
+
+Each variant trains from random init (no pretrained weights exist offline) on the same small rendered set for
+the same number of seconds, then is scored with the project's COCO evaluator on the TRAINING images (a
+memorisation check: how fast the architecture can fit) and, with ``--val``, on held-out images.
+
+    PYTHONPATH=$PWD python benchmarks/fast_detr.py --seconds 100 --variants plain,fast
+    PYTHONPATH=$PWD python benchmarks/fast_detr.py --seconds 3600 --train-images 4000 --val 500 --variants all
+
+Variants (``VARIANTS``): ``plain`` = dense DETR (ResNet-18 to layer4, softmax CE); ``fast`` = preset
+``detr_fast_r18`` (deformable, R18 layer2+3, box refinement, two-stage, focal, 3 query groups); ``fast-*`` = the
+fast preset with one technique switched off (the ablation table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from detectors.detr import SetCriterion, build_detr, postprocess
+from detectors.detr.training.fast_losses import FocalSetCriterion, group_set_loss
+from fusion.scoring.annotations import load_annotations
+from fusion.scoring.evaluate import evaluate
+from fusion.scoring.predictions import Predictions
+
+CLASSES = ("rectangle", "ellipse", "triangle")
+_PLAIN = {"d_model": 128, "num_heads": 8, "enc_layers": 2, "dec_layers": 3, "dim_feedforward": 512}
+
+#: name -> (preset, overrides)
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "plain": ("detr_resnet18", {**_PLAIN, "num_queries": 100, "dropout": 0.0}),
+    "plain-r18l3": ("detr_resnet18", {**_PLAIN, "num_queries": 100, "dropout": 0.0, "backbone_layers": (3,)}),
+    "fast": ("detr_fast_r18", {}),
+    "fast-no-groups": ("detr_fast_r18", {"num_query_groups": 1}),
+    "fast-no-two-stage": ("detr_fast_r18", {"two_stage": False}),
+    "fast-no-refine": ("detr_fast_r18", {"box_refine": False}),
+    "fast-single-level": ("detr_fast_r18", {"backbone_layers": (3,)}),
+}
+
+
+def render_shapes(count: int, size: int = 128, seed: int = 0) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """``count`` noisy images of 1-4 coloured shapes (3 classes, 12-60 px).
+
+    Returns:
+        Normalised images ``[N, 3, size, size]`` and per image ``{"labels", "boxes" (cxcywh, normalised),
+        "xywh" (pixels)}``.
+    """
+    rng = np.random.default_rng(seed)
+    images, targets = [], []
+    for _ in range(count):
+        background = rng.integers(0, 120, 3)
+        pixels = np.clip(background + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
+        canvas = Image.fromarray(pixels)
+        draw = ImageDraw.Draw(canvas)
+        labels, boxes = [], []
+        for _ in range(int(rng.integers(1, 5))):
+            w, h = (int(v) for v in rng.integers(12, 61, 2))
+            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
+            cls = int(rng.integers(0, 3))
+            colour = tuple(int(v) for v in rng.integers(130, 256, 3))
+            corners = (x, y, x + w - 1, y + h - 1)
+            if cls == 0:
+                draw.rectangle(corners, fill=colour)
+            elif cls == 1:
+                draw.ellipse(corners, fill=colour)
+            else:
+                draw.polygon([(x + w / 2, y), (x, y + h - 1), (x + w - 1, y + h - 1)], fill=colour)
+            labels.append(cls)
+            boxes.append((x, y, w, h))
+        array = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255.0
+        images.append((array - 0.45) / 0.25)
+        xywh = torch.tensor(boxes, dtype=torch.float32)
+        cxcywh = torch.cat((xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]), 1) / size
+        targets.append({"labels": torch.tensor(labels), "boxes": cxcywh, "xywh": xywh})
+    return torch.stack(images), targets
+
+
+def coco_ground_truth(targets: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """COCO dict of rendered targets (image ids 1.., categories 1..3)."""
+    annotations = []
+    for image_id, target in enumerate(targets, start=1):
+        for label, box in zip(target["labels"].tolist(), target["xywh"].tolist()):
+            annotations.append(
+                {"id": len(annotations) + 1, "image_id": image_id, "category_id": label + 1, "bbox": box}
+            )
+    return {
+        "images": [{"id": i, "width": size, "height": size} for i in range(1, len(targets) + 1)],
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CLASSES)],
+    }
+
+
+@torch.no_grad()
+def average_precision(model: torch.nn.Module, images: torch.Tensor, targets: list[dict[str, Any]]) -> float:
+    """COCO AP (0.5:0.95) of the model on these images with the project's evaluator."""
+    model.eval()
+    size = images.shape[-1]
+    records = []
+    for start in range(0, len(images), 16):
+        batch = images[start : start + 16]
+        outputs = model(batch)
+        dets = postprocess(outputs, [(size, size)] * len(batch), top_k=100, classification=model.config.classification)
+        for offset, det in enumerate(dets):
+            xywh = torch.cat((det.boxes[:, :2], det.boxes[:, 2:] - det.boxes[:, :2]), 1)
+            for box, score, label in zip(xywh.tolist(), det.scores.tolist(), det.labels.tolist()):
+                records.append(
+                    {"image_id": start + offset + 1, "category_id": label + 1, "bbox": box, "score": score}
+                )
+    gt = load_annotations(coco_ground_truth(targets, size))
+    return float(evaluate(gt, Predictions.from_records(records)).stats[0])
+
+
+def train_variant(
+    name: str, images: torch.Tensor, targets: list[dict[str, Any]], seconds: float, batch: int, seed: int
+) -> dict[str, Any]:
+    """Train one variant for ``seconds``; returns steps, s/step, first/last loss and train AP."""
+    preset, overrides = VARIANTS[name]
+    torch.manual_seed(seed)
+    model = build_detr(preset, num_classes=len(CLASSES), **overrides)
+    if model.config.classification == "sigmoid":
+        criterion: Any = FocalSetCriterion(len(CLASSES))
+    else:
+        criterion = SetCriterion(len(CLASSES))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(seed)
+    losses, steps, start = [], 0, time.perf_counter()
+    model.train()
+    while time.perf_counter() - start < seconds:
+        index = torch.randperm(len(images), generator=generator)[:batch]
+        tgt = [{k: targets[i][k] for k in ("labels", "boxes")} for i in index.tolist()]
+        loss = group_set_loss(criterion, model(images[index]), tgt)["loss"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        steps += 1
+    elapsed = time.perf_counter() - start
+    window = max(1, min(10, len(losses) // 4))
+    return {
+        "variant": name,
+        "params_M": sum(p.numel() for p in model.parameters()) / 1e6,
+        "steps": steps,
+        "s_per_step": elapsed / max(steps, 1),
+        "loss_first": float(np.mean(losses[:window])),
+        "loss_last": float(np.mean(losses[-window:])),
+        "model": model,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="plain,fast", help=f"comma list or 'all' of {list(VARIANTS)}")
+    parser.add_argument("--seconds", type=float, default=100.0, help="training budget per variant")
+    parser.add_argument("--train-images", type=int, default=16)
+    parser.add_argument("--val", type=int, default=0, help="held-out images to score (0 = none)")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
+    unknown = sorted(set(names) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    images, targets = render_shapes(args.train_images, args.size, args.seed)
+    val = render_shapes(args.val, args.size, args.seed + 1) if args.val else None
+    print(f"{args.train_images} train images {args.size}px, batch {args.batch}, {args.seconds:.0f} s per variant")
+    header = f"{'variant':<20}{'params M':>9}{'steps':>7}{'s/step':>8}{'loss 1st':>10}{'loss last':>10}{'ratio':>7}"
+    header += f"{'train AP':>10}" + (f"{'val AP':>8}" if val else "")
+    rows = []
+    for name in names:
+        result = train_variant(name, images, targets, args.seconds, args.batch, args.seed)
+        result["train_ap"] = average_precision(result["model"], images, targets)
+        result["val_ap"] = average_precision(result["model"], *val) if val else math.nan
+        rows.append(result)
+        print(f"{name}: {result['steps']} steps, train AP {result['train_ap']:.4f}", flush=True)
+    print(header)
+    for r in rows:
+        line = f"{r['variant']:<20}{r['params_M']:>9.2f}{r['steps']:>7}{r['s_per_step']:>8.3f}"
+        line += f"{r['loss_first']:>10.3f}{r['loss_last']:>10.3f}{r['loss_last'] / r['loss_first']:>7.2f}"
+        line += f"{r['train_ap']:>10.4f}" + (f"{r['val_ap']:>8.4f}" if val else "")
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,183 @@
+"""Set losses for the fast-converging DETR: sigmoid focal classification, encoder proposals, query groups.
+
+Written against the output dict documented in :mod:`detectors.detr.model`:
+
+* :class:`FocalHungarianMatcher`: one-to-one matching whose class cost is the focal-loss difference
+  ``α(1-p)^γ·(-log p) − (1-α)p^γ·(-log(1-p))`` of the target class (Deformable DETR's matcher; weights 2/5/2).
+* :class:`FocalSetCriterion`: per matched layer ``loss_focal`` (sigmoid focal loss over every query and class,
+  target 1 only for a query's matched class; Lin et al. 2017, as Deformable DETR / DINO), ``loss_bbox`` (L1) and
+  ``loss_giou``, each summed and divided by the number of target boxes. It supervises the last layer, every
+  ``aux_outputs`` layer (suffix ``_<i>``), the two-stage ``enc_outputs`` (suffix ``_enc``) and every
+  ``group_outputs`` group with its own aux layers (suffix ``_g<g>`` / ``_g<g>_<i>``), each group matched
+  independently: Group DETR's one-to-many supervision (Chen et al. 2023).
+* :func:`group_set_loss`: the same group sum around any criterion (e.g. the softmax ``SetCriterion``).
+
+``"loss"`` is the weighted total to back-propagate. The number of boxes is summed over ranks under
+``torch.distributed`` (as the official DETR), so every rank divides by the global count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
+
+from ..matcher import HungarianMatcher, Target
+
+__all__ = ["FocalHungarianMatcher", "FocalSetCriterion", "global_num_boxes", "group_set_loss"]
+
+
+def global_num_boxes(targets: Sequence[Target], device: torch.device) -> float:
+    """Target boxes in the batch, averaged over ranks when distributed (at least 1)."""
+    count = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(count)
+        count = count / dist.get_world_size()
+    return max(float(count), 1.0)
+
+
+class FocalHungarianMatcher(HungarianMatcher):
+    """Hungarian matching with the focal class cost (for ``classification="sigmoid"`` logits ``[B, Q, C]``).
+
+    Args:
+        cost_class: Weight of the focal class cost (Deformable DETR 2).
+        cost_bbox: Weight of the L1 box cost (5).
+        cost_giou: Weight of the negative GIoU (2).
+        alpha / gamma: Focal parameters (0.25 / 2).
+    """
+
+    def __init__(
+        self,
+        cost_class: float = 2.0,
+        cost_bbox: float = 5.0,
+        cost_giou: float = 2.0,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ) -> None:
+        # The box costs come from the plain matcher (class weight 0 there); the class cost is added here.
+        super().__init__(cost_class=0.0, cost_bbox=cost_bbox, cost_giou=cost_giou)
+        self.focal_cost_class, self.alpha, self.gamma = cost_class, alpha, gamma
+
+    def cost_matrices(self, outputs: Mapping[str, Any], targets: Sequence[Target]) -> list[Tensor]:
+        """Cost of every (query, target) pair, one float CPU tensor ``[Q, n_i]`` per image."""
+        box_costs = super().cost_matrices(outputs, targets)
+        logits = outputs["pred_logits"]
+        labels = torch.cat([t["labels"] for t in targets]).to(logits.device).long()
+        if labels.numel() == 0:
+            return box_costs
+        prob = logits.detach().float().sigmoid()[..., labels]  # [B, Q, N]
+        eps = 1e-8
+        neg = (1 - self.alpha) * prob**self.gamma * -(1 - prob + eps).log()
+        pos = self.alpha * (1 - prob) ** self.gamma * -(prob + eps).log()
+        class_cost = (self.focal_cost_class * (pos - neg)).cpu()
+        sizes = [len(t["labels"]) for t in targets]
+        return [box + c[i] for i, (box, c) in enumerate(zip(box_costs, class_cost.split(sizes, -1)))]
+
+
+class FocalSetCriterion(nn.Module):
+    """Focal + L1 + GIoU set loss over every supervised layer of a sigmoid-classification DETR.
+
+    Args:
+        num_classes: Classes (the logits' width).
+        matcher: Default :class:`FocalHungarianMatcher` (2 / 5 / 2).
+        weight_focal / weight_bbox / weight_giou: Loss weights (Deformable DETR 2 / 5 / 2).
+        alpha / gamma: Focal loss parameters (0.25 / 2).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: HungarianMatcher | None = None,
+        weight_focal: float = 2.0,
+        weight_bbox: float = 5.0,
+        weight_giou: float = 2.0,
+        alpha: float = 0.25,
+        gamma: float = 2.0,
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.matcher = matcher or FocalHungarianMatcher(alpha=alpha, gamma=gamma)
+        self.weights = {"loss_focal": weight_focal, "loss_bbox": weight_bbox, "loss_giou": weight_giou}
+        self.alpha, self.gamma = alpha, gamma
+
+    def layer_losses(
+        self, outputs: Mapping[str, Tensor], targets: Sequence[Target], num_boxes: float
+    ) -> dict[str, Tensor]:
+        """``loss_focal``, ``loss_bbox``, ``loss_giou`` of one layer's ``pred_logits [B, Q, C]`` / ``pred_boxes``."""
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        if logits.shape[-1] != self.num_classes:
+            raise ValueError(
+                f"pred_logits has {logits.shape[-1]} classes, the criterion {self.num_classes}: "
+                "the focal loss needs classification='sigmoid' logits (no no-object column)"
+            )
+        indices = self.matcher(outputs, targets)
+        device = logits.device
+        batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
+        src_idx = torch.cat([src for src, _ in indices]).to(device)
+        labels = torch.cat([t["labels"].to(device)[j] for t, (_, j) in zip(targets, indices)]).long()
+        onehot = torch.zeros(logits.shape, dtype=torch.float32, device=device)
+        onehot[batch_idx, src_idx, labels] = 1.0
+        focal = sigmoid_focal_loss(logits.float(), onehot, self.alpha, self.gamma, reduction="sum")
+        src_boxes = boxes[batch_idx, src_idx].float()
+        tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, (_, j) in zip(targets, indices)]).float()
+        giou = torch.diag(
+            generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy"))
+        )
+        return {
+            "loss_focal": focal / num_boxes,
+            "loss_bbox": (src_boxes - tgt_boxes).abs().sum() / num_boxes,
+            "loss_giou": (1 - giou).sum() / num_boxes,
+        }
+
+    def forward(self, outputs: Mapping[str, Any], targets: Sequence[Target]) -> dict[str, Tensor]:
+        """All losses (unweighted, suffixed per layer) plus ``"loss"``, their weighted sum."""
+        _check_targets(targets, self.num_classes)
+        num_boxes = global_num_boxes(targets, outputs["pred_logits"].device)
+        losses: dict[str, Tensor] = {}
+        for suffix, layer in _supervised_layers(outputs):
+            losses.update({k + suffix: v for k, v in self.layer_losses(layer, targets, num_boxes).items()})
+        losses["loss"] = sum(v * self.weights["_".join(k.split("_")[:2])] for k, v in losses.items())
+        return losses
+
+
+def _supervised_layers(outputs: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+    """``(suffix, layer outputs)`` of every layer to match: top, aux, encoder, then each group's."""
+    layers: list[tuple[str, Mapping[str, Any]]] = [(prefix, outputs)]
+    layers += [(f"{prefix}_{i}", aux) for i, aux in enumerate(outputs.get("aux_outputs", []))]
+    if "enc_outputs" in outputs:
+        layers.append((f"{prefix}_enc", outputs["enc_outputs"]))
+    for g, group in enumerate(outputs.get("group_outputs", []), start=1):
+        layers += _supervised_layers(group, f"{prefix}_g{g}")
+    return layers
+
+
+def _check_targets(targets: Sequence[Target], num_classes: int) -> None:
+    for i, target in enumerate(targets):
+        if not {"labels", "boxes"} <= set(target) or target["boxes"].ndim != 2 or target["boxes"].shape[-1] != 4:
+            raise ValueError(f"targets[{i}] needs 'labels' [n] and 'boxes' [n, 4] (normalised cxcywh)")
+        if len(target["labels"]) and int(target["labels"].max()) >= num_classes:
+            raise ValueError(f"targets[{i}] has label {int(target['labels'].max())} >= {num_classes}")
+
+
+def group_set_loss(
+    criterion: Callable[[Mapping[str, Any], Sequence[Target]], dict[str, Tensor]],
+    outputs: Mapping[str, Any],
+    targets: Sequence[Target],
+) -> dict[str, Tensor]:
+    """Group DETR around any set criterion: ``criterion`` on group 0 and on each ``group_outputs`` entry.
+
+    Keys of group ``g > 0`` get the suffix ``_g<g>``; ``"loss"`` is the sum of the groups' totals.
+    """
+    main = {k: v for k, v in outputs.items() if k != "group_outputs"}
+    losses = dict(criterion(main, targets))
+    total = losses["loss"]
+    for g, group in enumerate(outputs.get("group_outputs", []), start=1):
+        part = criterion(group, targets)
+        total = total + part["loss"]
+        losses.update({f"{k}_g{g}": v for k, v in part.items() if k != "loss"})
+    losses["loss"] = total
+    return losses
