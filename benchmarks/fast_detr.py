@@ -97,8 +97,10 @@ def coco_ground_truth(targets: list[dict[str, Any]], size: int) -> dict[str, Any
 
 
 @torch.no_grad()
-def average_precision(model: torch.nn.Module, images: torch.Tensor, targets: list[dict[str, Any]]) -> float:
-    """COCO AP (0.5:0.95) of the model on these images with the project's evaluator."""
+def average_precision(
+    model: torch.nn.Module, images: torch.Tensor, targets: list[dict[str, Any]]
+) -> tuple[float, float]:
+    """COCO AP (0.5:0.95) and AP50 of the model on these images with the project's evaluator."""
     model.eval()
     size = images.shape[-1]
     records = []
@@ -113,7 +115,8 @@ def average_precision(model: torch.nn.Module, images: torch.Tensor, targets: lis
                     {"image_id": start + offset + 1, "category_id": label + 1, "bbox": box, "score": score}
                 )
     gt = load_annotations(coco_ground_truth(targets, size))
-    return float(evaluate(gt, Predictions.from_records(records)).stats[0])
+    stats = evaluate(gt, Predictions.from_records(records)).stats
+    return stats["AP"], stats["AP50"]
 
 
 def train_variant(
@@ -174,19 +177,20 @@ def main() -> None:
     val = render_shapes(args.val, args.size, args.seed + 1) if args.val else None
     print(f"{args.train_images} train images {args.size}px, batch {args.batch}, {args.seconds:.0f} s per variant")
     header = f"{'variant':<20}{'params M':>9}{'steps':>7}{'s/step':>8}{'loss 1st':>10}{'loss last':>10}{'ratio':>7}"
-    header += f"{'train AP':>10}" + (f"{'val AP':>8}" if val else "")
+    header += f"{'train AP':>10}{'AP50':>7}" + (f"{'val AP':>8}{'AP50':>7}" if val else "")
     rows = []
     for name in names:
         result = train_variant(name, images, targets, args.seconds, args.batch, args.seed)
         result["train_ap"] = average_precision(result["model"], images, targets)
-        result["val_ap"] = average_precision(result["model"], *val) if val else math.nan
+        result["val_ap"] = average_precision(result["model"], *val) if val else (math.nan, math.nan)
         rows.append(result)
-        print(f"{name}: {result['steps']} steps, train AP {result['train_ap']:.4f}", flush=True)
+        print(f"{name}: {result['steps']} steps, train AP {result['train_ap'][0]:.4f}", flush=True)
     print(header)
     for r in rows:
         line = f"{r['variant']:<20}{r['params_M']:>9.2f}{r['steps']:>7}{r['s_per_step']:>8.3f}"
         line += f"{r['loss_first']:>10.3f}{r['loss_last']:>10.3f}{r['loss_last'] / r['loss_first']:>7.2f}"
-        line += f"{r['train_ap']:>10.4f}" + (f"{r['val_ap']:>8.4f}" if val else "")
+        line += f"{r['train_ap'][0]:>10.4f}{r['train_ap'][1]:>7.3f}"
+        line += f"{r['val_ap'][0]:>8.4f}{r['val_ap'][1]:>7.3f}" if val else ""
         print(line)
 
 

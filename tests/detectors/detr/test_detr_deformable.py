@@ -157,11 +157,18 @@ def test_config_defaults_are_official_and_fast_switches_need_deformable() -> Non
 
 def _fast(**overrides: object) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_detr("detr_fast_r18", num_classes=3, num_queries=12, **overrides)
+    small = {"num_queries": 12, "d_model": 64, "dim_feedforward": 128, **overrides}
+    return build_detr("detr_fast_r18", num_classes=3, **small)
 
 
-def test_fast_output_dict_contract() -> None:
-    model = _fast().train()
+@pytest.fixture(scope="module")
+def fast() -> torch.nn.Module:
+    """The fast preset, narrower, with an extra stride-32 level: 3 levels, 3 query groups, two-stage."""
+    return _fast(extra_levels=1)
+
+
+def test_fast_output_dict_contract(fast: torch.nn.Module) -> None:
+    model = fast.train()
     images = torch.randn(2, 3, 64, 64)
     out = model(images)
     assert out["pred_logits"].shape == (2, 12, 3) and out["pred_boxes"].shape == (2, 12, 4)
@@ -174,10 +181,10 @@ def test_fast_output_dict_contract() -> None:
 
 
 @pytest.mark.parametrize("name", ["detr_fast_r18", "detr_tiny"])
-def test_groups_do_not_see_each_other(name: str) -> None:
+def test_groups_do_not_see_each_other(name: str, fast: torch.nn.Module) -> None:
     """Group 0 in training mode (3 groups) equals the eval-mode model (group 0 alone) exactly up to float."""
     torch.manual_seed(0)
-    model = build_detr(name, num_classes=3, num_queries=12, num_query_groups=3, dropout=0.0)
+    model = fast if name == "detr_fast_r18" else build_detr(name, num_classes=3, num_query_groups=3, dropout=0.0)
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         train_out = model.train()(images)
@@ -190,7 +197,7 @@ def test_groups_do_not_see_each_other(name: str) -> None:
 
 def test_initial_boxes_are_the_reference_boxes() -> None:
     """Box heads start at zero correction: every layer's box is its reference box (box = σ(0 + σ⁻¹(ref)))."""
-    model = _fast(two_stage=False, classification="sigmoid").eval()
+    model = _fast(two_stage=False, num_query_groups=1, dec_layers=2).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
         anchors = model.transformer.refpoint_embed.weight[:12].sigmoid()
@@ -198,24 +205,24 @@ def test_initial_boxes_are_the_reference_boxes() -> None:
         torch.testing.assert_close(layer["pred_boxes"][0], anchors, rtol=1e-5, atol=1e-6)
 
 
-def test_two_stage_references_are_selected_proposals() -> None:
+def test_two_stage_references_are_selected_proposals(fast: torch.nn.Module) -> None:
     """At init the proposal head adds nothing: selected boxes are pixel centres with size 0.05·2^level."""
-    model = _fast().eval()
+    model = fast.eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
     enc_boxes = out["enc_outputs"]["pred_boxes"][0]
     sizes = {round(v, 4) for v in enc_boxes[:, 2:].flatten().tolist()}
-    assert sizes <= {0.05, 0.1}
-    # Stride 8 on 64 px: centres at (i + .5) / 8; stride 16: (i + .5) / 4.
-    cells = torch.where(enc_boxes[:, 2:3] < 0.07, 8.0, 4.0)
+    assert sizes <= {0.05, 0.1, 0.2}
+    # Stride 8 on 64 px: centres at (i + .5) / 8; stride 16: (i + .5) / 4; stride 32: (i + .5) / 2.
+    cells = 0.4 / enc_boxes[:, 2:3]  # 8, 4, 2 cells for sizes .05, .1, .2
     index = enc_boxes[:, :2] * cells - 0.5
     torch.testing.assert_close(index, index.round(), rtol=0, atol=1e-4)
     for layer in [*out["aux_outputs"], out]:
         torch.testing.assert_close(layer["pred_boxes"][0], enc_boxes, rtol=1e-5, atol=1e-6)
 
 
-def test_batch_equals_each_image_padded_alone() -> None:
-    model = _fast(extra_levels=1).eval()
+def test_batch_equals_each_image_padded_alone(fast: torch.nn.Module) -> None:
+    model = fast.eval()
     images = [torch.rand(3, 64, 96), torch.rand(3, 96, 64)]
     batch, mask = nested_batch(images)
     with torch.no_grad():
@@ -226,8 +233,8 @@ def test_batch_equals_each_image_padded_alone() -> None:
                 torch.testing.assert_close(single[key], out[key][i : i + 1], rtol=1e-4, atol=1e-4)
 
 
-def test_fast_checkpoint_round_trip(tmp_path) -> None:
-    model = _fast().eval()
+def test_fast_checkpoint_round_trip(tmp_path, fast: torch.nn.Module) -> None:
+    model = fast.eval()
     path = save_checkpoint(model, tmp_path / "fast.safetensors", classes=["a", "b", "c"])
     loaded, classes = load_checkpoint(path)
     assert classes == ["a", "b", "c"] and loaded.config == model.config
