@@ -107,7 +107,9 @@ def average_precision(
     for start in range(0, len(images), 16):
         batch = images[start : start + 16]
         outputs = model(batch)
-        dets = postprocess(outputs, [(size, size)] * len(batch), top_k=100, classification=model.config.classification)
+        dets = postprocess(
+            outputs, [(size, size)] * len(batch), top_k=100, classification=model.config.classification
+        )
         for offset, det in enumerate(dets):
             xywh = torch.cat((det.boxes[:, :2], det.boxes[:, 2:] - det.boxes[:, :2]), 1)
             for box, score, label in zip(xywh.tolist(), det.scores.tolist(), det.labels.tolist()):
@@ -120,9 +122,16 @@ def average_precision(
 
 
 def train_variant(
-    name: str, images: torch.Tensor, targets: list[dict[str, Any]], seconds: float, batch: int, seed: int
+    name: str,
+    images: torch.Tensor,
+    targets: list[dict[str, Any]],
+    seconds: float,
+    batch: int,
+    seed: int,
+    lr: float = 2e-4,
+    max_steps: int | None = None,
 ) -> dict[str, Any]:
-    """Train one variant for ``seconds``; returns steps, s/step, first/last loss and train AP."""
+    """Train one variant for ``seconds`` (or ``max_steps``); returns steps, s/step, first/last loss, the model."""
     preset, overrides = VARIANTS[name]
     torch.manual_seed(seed)
     model = build_detr(preset, num_classes=len(CLASSES), **overrides)
@@ -130,11 +139,13 @@ def train_variant(
         criterion: Any = FocalSetCriterion(len(CLASSES))
     else:
         criterion = SetCriterion(len(CLASSES))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=1e-4
+    )
     generator = torch.Generator().manual_seed(seed)
     losses, steps, start = [], 0, time.perf_counter()
     model.train()
-    while time.perf_counter() - start < seconds:
+    while time.perf_counter() - start < seconds and (max_steps is None or steps < max_steps):
         index = torch.randperm(len(images), generator=generator)[:batch]
         tgt = [{k: targets[i][k] for k in ("labels", "boxes")} for i in index.tolist()]
         loss = group_set_loss(criterion, model(images[index]), tgt)["loss"]
@@ -158,7 +169,9 @@ def train_variant(
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--variants", default="plain,fast", help=f"comma list or 'all' of {list(VARIANTS)}")
     parser.add_argument("--seconds", type=float, default=100.0, help="training budget per variant")
     parser.add_argument("--train-images", type=int, default=16)
@@ -167,6 +180,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--steps", type=int, default=None, help="stop a variant after this many steps")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
@@ -175,12 +190,17 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     images, targets = render_shapes(args.train_images, args.size, args.seed)
     val = render_shapes(args.val, args.size, args.seed + 1) if args.val else None
-    print(f"{args.train_images} train images {args.size}px, batch {args.batch}, {args.seconds:.0f} s per variant")
+    print(
+        f"{args.train_images} train images {args.size}px, batch {args.batch}, lr {args.lr}, "
+        f"{args.seconds:.0f} s / {args.steps} steps per variant"
+    )
     header = f"{'variant':<20}{'params M':>9}{'steps':>7}{'s/step':>8}{'loss 1st':>10}{'loss last':>10}{'ratio':>7}"
     header += f"{'train AP':>10}{'AP50':>7}" + (f"{'val AP':>8}{'AP50':>7}" if val else "")
     rows = []
     for name in names:
-        result = train_variant(name, images, targets, args.seconds, args.batch, args.seed)
+        result = train_variant(
+            name, images, targets, args.seconds, args.batch, args.seed, args.lr, args.steps
+        )
         result["train_ap"] = average_precision(result["model"], images, targets)
         result["val_ap"] = average_precision(result["model"], *val) if val else (math.nan, math.nan)
         rows.append(result)

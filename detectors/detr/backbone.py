@@ -27,6 +27,7 @@ def stage_channels(name: str, stage: int) -> int:
     """Output channels of ``layer{stage}`` (1..4) of a ResNet of :data:`BACKBONES`: halved per stage down."""
     return BACKBONES[name] >> (4 - stage)
 
+
 # DETR's frozen BN uses eps 1e-5 (torchvision's default changed across versions, so it is pinned here);
 # torchvision's FrozenBatchNorm2d drops ``num_batches_tracked`` on load, as the official one does.
 _FrozenBN = partial(FrozenBatchNorm2d, eps=1e-5)
@@ -55,9 +56,11 @@ class Backbone(nn.Module):
         super().__init__()
         if name not in BACKBONES:
             raise ValueError(f"backbone must be one of {sorted(BACKBONES)}, got {name!r}")
-        if not return_layers or list(return_layers) != sorted(set(return_layers)) or not set(
-            return_layers
-        ) <= {1, 2, 3, 4}:
+        if (
+            not return_layers
+            or list(return_layers) != sorted(set(return_layers))
+            or not set(return_layers) <= {1, 2, 3, 4}
+        ):
             raise ValueError(f"return_layers must be ascending distinct stages in 1..4, got {return_layers}")
         if dilation and return_layers[-1] != 4:
             raise ValueError("dilation (DC5) dilates layer4, but return_layers does not reach it")

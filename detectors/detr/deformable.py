@@ -41,12 +41,20 @@ def ms_deform_attn(
         ``[B, Q, H·D]`` (heads concatenated).
     """
     batch, total, heads, dim = value.shape
-    num_queries, levels, points = sampling_locations.shape[1], sampling_locations.shape[3], sampling_locations.shape[4]
+    num_queries, levels, points = (
+        sampling_locations.shape[1],
+        sampling_locations.shape[3],
+        sampling_locations.shape[4],
+    )
     if total != sum(h * w for h, w in shapes) or levels != len(shapes):
         raise ValueError(f"value has {total} pixels over {levels} levels but shapes are {shapes}")
     # One image per (batch, head): grid_sample batches over its first dimension.
     per_head = value.permute(0, 2, 3, 1).reshape(batch * heads, dim, total)
-    grids = (2.0 * sampling_locations - 1.0).transpose(1, 2).reshape(batch * heads, num_queries, levels, points, 2)
+    grids = (
+        (2.0 * sampling_locations - 1.0)
+        .transpose(1, 2)
+        .reshape(batch * heads, num_queries, levels, points, 2)
+    )
     sampled = []
     start = 0
     for level, (h, w) in enumerate(shapes):
@@ -54,7 +62,9 @@ def ms_deform_attn(
         start += h * w
         # [B·H, D, Q, P]: grid given as a [Q, P] "image" of sampling points
         sampled.append(
-            F.grid_sample(level_map, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False)
+            F.grid_sample(
+                level_map, grids[:, :, level], mode="bilinear", padding_mode="zeros", align_corners=False
+            )
         )
     weights = attention_weights.transpose(1, 2).reshape(batch * heads, num_queries, levels * points)
     # [B·H, D, Q, L·P] · [B·H, Q, L·P] -> [B·H, D, Q]
@@ -128,7 +138,9 @@ class MSDeformAttn(nn.Module):
         batch, num_queries, _ = query.shape
         heads, levels, points = self.num_heads, self.num_levels, self.num_points
         if len(shapes) != levels or reference.shape[2] != levels:
-            raise ValueError(f"expected {levels} levels, got shapes {shapes} and reference {list(reference.shape)}")
+            raise ValueError(
+                f"expected {levels} levels, got shapes {shapes} and reference {list(reference.shape)}"
+            )
         value = self.value_proj(value)
         if padding_mask is not None:
             value = value.masked_fill(padding_mask[..., None], 0.0)

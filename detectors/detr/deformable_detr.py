@@ -30,7 +30,11 @@ __all__ = ["DeformableDETR"]
 
 
 def _projection(in_channels: int, d_model: int, extra: bool) -> nn.Sequential:
-    conv = nn.Conv2d(in_channels, d_model, 3, stride=2, padding=1) if extra else nn.Conv2d(in_channels, d_model, 1)
+    conv = (
+        nn.Conv2d(in_channels, d_model, 3, stride=2, padding=1)
+        if extra
+        else nn.Conv2d(in_channels, d_model, 1)
+    )
     nn.init.xavier_uniform_(conv.weight, gain=1)
     nn.init.zeros_(conv.bias)
     return nn.Sequential(conv, nn.GroupNorm(math.gcd(32, d_model), d_model))
@@ -113,7 +117,6 @@ class DeformableDETR(nn.Module):
         hs, boxes, enc_outputs = self.transformer(srcs, masks if has_mask else None, pos, self._box_heads())
         layers = range(len(hs)) if self.aux_loss else [len(hs) - 1]
         logits = [self.class_embed[i if self.config.box_refine else 0](hs[i]) for i in layers]
-
 
         groups = self.config.num_query_groups if self.training else 1
         out = pack_outputs(torch.stack(logits), boxes[list(layers)], self.config, groups)

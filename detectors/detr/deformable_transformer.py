@@ -61,7 +61,9 @@ def pixel_centres(shapes: Sequence[tuple[int, int]], ratios: Tensor) -> Tensor:
 class DeformableEncoderLayer(_FFN):
     """Post-norm: ``x = norm1(x + msda(x + pos, ref, x)); x = norm2(x + ffn(x))``."""
 
-    def __init__(self, d_model: int, num_heads: int, dim_ff: int, dropout: float, levels: int, points: int) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, dim_ff: int, dropout: float, levels: int, points: int
+    ) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, levels, num_heads, points)
         self.linear1 = nn.Linear(d_model, dim_ff)
@@ -82,7 +84,9 @@ class DeformableEncoderLayer(_FFN):
 class DeformableDecoderLayer(_FFN):
     """Post-norm: dense self-attention among queries, deformable cross-attention to the memory, FFN."""
 
-    def __init__(self, d_model: int, num_heads: int, dim_ff: int, dropout: float, levels: int, points: int) -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, dim_ff: int, dropout: float, levels: int, points: int
+    ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, None, dropout)
         self.cross_attn = MSDeformAttn(d_model, levels, num_heads, points)
@@ -185,7 +189,10 @@ class DeformableTransformer(nn.Module):
         """Two-stage: top-``Q`` encoder proposals -> reference boxes ``[B, Q, 4]`` (detached) and their outputs."""
         centres = pixel_centres(shapes, ratios).expand(memory.shape[0], -1, -1)
         sizes = torch.cat(
-            [torch.full((h * w, 2), 0.05 * 2.0**level, device=memory.device) for level, (h, w) in enumerate(shapes)]
+            [
+                torch.full((h * w, 2), 0.05 * 2.0**level, device=memory.device)
+                for level, (h, w) in enumerate(shapes)
+            ]
         )
         proposals = torch.cat((centres, sizes.expand(memory.shape[0], -1, -1)), -1)  # [B, S, 4]
         # Pixels on padding, or whose centre falls outside the image, propose nothing.
@@ -230,7 +237,9 @@ class DeformableTransformer(nn.Module):
         batch = srcs[0].shape[0]
         shapes = [(int(s.shape[-2]), int(s.shape[-1])) for s in srcs]
         src = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
-        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[i] for i, p in enumerate(pos)], 1)
+        pos_flat = torch.cat(
+            [p.flatten(2).transpose(1, 2) + self.level_embed[i] for i, p in enumerate(pos)], 1
+        )
         if masks is None:
             mask = None
             ratios = torch.ones(batch, len(srcs), 2, device=src.device)

@@ -146,11 +146,15 @@ class DetrConfig:
             or list(layers) != sorted(set(layers))
             or not set(layers) <= {2, 3, 4}
         ):
-            raise ValueError(f"DetrConfig.backbone_layers must be ascending distinct stages of 2, 3, 4, got {layers!r}")
+            raise ValueError(
+                f"DetrConfig.backbone_layers must be ascending distinct stages of 2, 3, 4, got {layers!r}"
+            )
         if self.dilation and layers[-1] != 4:
             raise ValueError("DetrConfig.dilation dilates layer4, but backbone_layers stops before it")
         if self.classification not in ("softmax", "sigmoid"):
-            raise ValueError(f"DetrConfig.classification must be 'softmax' or 'sigmoid', got {self.classification!r}")
+            raise ValueError(
+                f"DetrConfig.classification must be 'softmax' or 'sigmoid', got {self.classification!r}"
+            )
         for name in ("num_points", "num_query_groups"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -168,9 +172,13 @@ class DetrConfig:
             if wrong:
                 raise ValueError(f"DetrConfig: {wrong} need deformable=True (dense attention uses one level)")
         elif self.head_dim is not None or self.d_model % self.num_heads:
-            raise ValueError("DetrConfig: deformable attention needs head_dim=None and d_model divisible by num_heads")
+            raise ValueError(
+                "DetrConfig: deformable attention needs head_dim=None and d_model divisible by num_heads"
+            )
         if self.two_stage and self.classification != "sigmoid":
-            raise ValueError("DetrConfig.two_stage selects proposals by sigmoid class scores: set classification='sigmoid'")
+            raise ValueError(
+                "DetrConfig.two_stage selects proposals by sigmoid class scores: set classification='sigmoid'"
+            )
 
     @property
     def num_logits(self) -> int:
@@ -288,7 +296,9 @@ class DETR(nn.Module):
     def __init__(self, config: DetrConfig) -> None:
         super().__init__()
         if config.deformable:
-            raise ValueError("DETR is the dense-attention model; build deformable configs with build_detr(config)")
+            raise ValueError(
+                "DETR is the dense-attention model; build deformable configs with build_detr(config)"
+            )
         self.config = config
         d = config.d_model
         self.num_queries = config.num_queries

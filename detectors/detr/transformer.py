@@ -45,7 +45,9 @@ class MLP(nn.Module):
         return x
 
 
-def group_attention_mask(num_queries: int, num_groups: int, device: torch.device | None = None) -> Tensor | None:
+def group_attention_mask(
+    num_queries: int, num_groups: int, device: torch.device | None = None
+) -> Tensor | None:
     """Group DETR's decoder self-attention mask: bool ``[G·Q, G·Q]``, True where the two queries' groups differ.
 
     Groups are consecutive blocks of ``num_queries``; None when there is one group (nothing to block).

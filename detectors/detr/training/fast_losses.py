@@ -125,7 +125,9 @@ class FocalSetCriterion(nn.Module):
         src_boxes = boxes[batch_idx, src_idx].float()
         tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, (_, j) in zip(targets, indices)]).float()
         giou = torch.diag(
-            generalized_box_iou(box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy"))
+            generalized_box_iou(
+                box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
+            )
         )
         return {
             "loss_focal": focal / num_boxes,
@@ -157,7 +159,11 @@ def _supervised_layers(outputs: Mapping[str, Any], prefix: str = "") -> list[tup
 
 def _check_targets(targets: Sequence[Target], num_classes: int) -> None:
     for i, target in enumerate(targets):
-        if not {"labels", "boxes"} <= set(target) or target["boxes"].ndim != 2 or target["boxes"].shape[-1] != 4:
+        if (
+            not {"labels", "boxes"} <= set(target)
+            or target["boxes"].ndim != 2
+            or target["boxes"].shape[-1] != 4
+        ):
             raise ValueError(f"targets[{i}] needs 'labels' [n] and 'boxes' [n, 4] (normalised cxcywh)")
         if len(target["labels"]) and int(target["labels"].max()) >= num_classes:
             raise ValueError(f"targets[{i}] has label {int(target['labels'].max())} >= {num_classes}")

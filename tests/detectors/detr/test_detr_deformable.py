@@ -184,7 +184,9 @@ def test_fast_output_dict_contract(fast: torch.nn.Module) -> None:
 def test_groups_do_not_see_each_other(name: str, fast: torch.nn.Module) -> None:
     """Group 0 in training mode (3 groups) equals the eval-mode model (group 0 alone) exactly up to float."""
     torch.manual_seed(0)
-    model = fast if name == "detr_fast_r18" else build_detr(name, num_classes=3, num_query_groups=3, dropout=0.0)
+    model = (
+        fast if name == "detr_fast_r18" else build_detr(name, num_classes=3, num_query_groups=3, dropout=0.0)
+    )
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         train_out = model.train()(images)

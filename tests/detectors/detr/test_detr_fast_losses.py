@@ -141,7 +141,9 @@ def test_sigmoid_postprocess_scores_are_per_class_sigmoids() -> None:
 @pytest.mark.slow
 def test_fast_detr_overfits_one_image() -> None:
     torch.manual_seed(0)
-    model = build_detr("detr_fast_r18", num_classes=3, num_queries=20, d_model=64, dim_feedforward=128).train()
+    model = build_detr(
+        "detr_fast_r18", num_classes=3, num_queries=20, d_model=64, dim_feedforward=128
+    ).train()
     criterion = FocalSetCriterion(num_classes=3)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     image = torch.randn(1, 3, 64, 64) * 0.1
