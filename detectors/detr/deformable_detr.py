@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .backbone import Backbone, Joiner
 from .deformable_transformer import DeformableTransformer
-from .model import _PRIOR_PROB, DetrConfig, check_inputs, pack_outputs
+from .model import _PRIOR_PROB, BackboneLevels, DetrConfig, check_inputs, pack_outputs
 from .position_encoding import PositionEmbeddingSine
 from .transformer import MLP
 
@@ -94,12 +94,16 @@ class DeformableDETR(nn.Module):
     def _box_heads(self) -> list[nn.Module]:
         return [self.bbox_embed[i if self.config.box_refine else 0] for i in range(self.config.dec_layers)]
 
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Any]:
+    def forward(
+        self, images: Tensor, mask: Tensor | None = None, features: BackboneLevels | None = None
+    ) -> dict[str, Any]:
         """Predict.
 
         Args:
             images: Normalised images ``[B, 3, H, W]``.
             mask: Padding mask bool ``[B, H, W]``, True = padding; None = no padding anywhere.
+            features: ``self.backbone[0].levels(images, mask)`` computed beforehand (e.g. cached while the
+                backbone is frozen, ``train_backbone=False``); the backbone is then skipped.
 
         Returns:
             The output dict documented in :mod:`detectors.detr.model` (with ``enc_outputs`` for two-stage and,
@@ -107,7 +111,7 @@ class DeformableDETR(nn.Module):
         """
         has_mask = mask is not None
         mask = check_inputs(images, mask)
-        levels = self.backbone[0].levels(images, mask)
+        levels = self.backbone[0].levels(images, mask) if features is None else features
         srcs = [proj(features) for (features, _), proj in zip(levels, self.input_proj)]
         masks = [small for _, small in levels]
         for i, proj in enumerate(self.input_proj[len(levels) :]):

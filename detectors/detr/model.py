@@ -46,6 +46,9 @@ from .transformer import MLP, Transformer, group_attention_mask
 
 __all__ = ["DETR", "MLP", "PRESETS", "DetrConfig", "build_detr", "pack_outputs"]
 
+#: What ``Backbone.levels`` returns: per level, features ``[B, C_l, h_l, w_l]`` and padding mask ``[B, h_l, w_l]``.
+BackboneLevels = list[tuple[Tensor, Tensor]]
+
 _PRIOR_PROB = 0.01  # focal-loss bias init: every class starts at p = 0.01 (RetinaNet, Lin et al. 2017)
 
 
@@ -322,12 +325,16 @@ class DETR(nn.Module):
         self.backbone = Joiner(backbone, PositionEmbeddingSine(d // 2, normalize=True))
         self.aux_loss = config.aux_loss
 
-    def forward(self, images: Tensor, mask: Tensor | None = None) -> dict[str, Any]:
+    def forward(
+        self, images: Tensor, mask: Tensor | None = None, features: BackboneLevels | None = None
+    ) -> dict[str, Any]:
         """Predict.
 
         Args:
             images: Normalised images ``[B, 3, H, W]`` (see :func:`detectors.detr.preprocess.nested_batch`).
             mask: Padding mask bool ``[B, H, W]``, True = padding; None = no padding anywhere.
+            features: ``self.backbone[0].levels(images, mask)`` computed beforehand, e.g. cached by a trainer
+                while the backbone is frozen (``train_backbone=False``); the backbone is then skipped.
 
         Returns:
             The output dict of this module's docstring: ``pred_logits``, ``pred_boxes``, with ``aux_loss``
@@ -337,9 +344,12 @@ class DETR(nn.Module):
         mask = check_inputs(images, mask)
         groups = self.config.num_query_groups if self.training else 1
         queries = self.query_embed.weight[: groups * self.num_queries]
-        features, small_mask, pos = self.backbone(images, mask)
+        if features is None:
+            features = self.backbone[0].levels(images, mask)
+        last, small_mask = features[-1]
+        pos = self.backbone[1](small_mask).to(last.dtype)
         hs, _ = self.transformer(
-            self.input_proj(features),
+            self.input_proj(last),
             small_mask if has_mask else None,
             queries,
             pos,

@@ -10,7 +10,9 @@ Written against the output dict documented in :mod:`detectors.detr.model`:
   ``aux_outputs`` layer (suffix ``_<i>``), the two-stage ``enc_outputs`` (suffix ``_enc``) and every
   ``group_outputs`` group with its own aux layers (suffix ``_g<g>`` / ``_g<g>_<i>``), each group matched
   independently: Group DETR's one-to-many supervision (Chen et al. 2023).
-* :func:`group_set_loss`: the same group sum around any criterion (e.g. the softmax ``SetCriterion``).
+* :func:`group_set_loss` / :class:`GroupSetLoss`: the same group sum around any criterion (e.g. the softmax
+  ``SetCriterion``).
+* :func:`criterion_for`: the right loss for a :class:`~detectors.detr.model.DetrConfig`.
 
 ``"loss"`` is the weighted total to back-propagate. The number of boxes is summed over ranks under
 ``torch.distributed`` (as the official DETR), so every rank divides by the global count.
@@ -28,7 +30,14 @@ from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
 from ..matcher import HungarianMatcher, Target
 
-__all__ = ["FocalHungarianMatcher", "FocalSetCriterion", "global_num_boxes", "group_set_loss"]
+__all__ = [
+    "FocalHungarianMatcher",
+    "FocalSetCriterion",
+    "GroupSetLoss",
+    "criterion_for",
+    "global_num_boxes",
+    "group_set_loss",
+]
 
 
 def global_num_boxes(targets: Sequence[Target], device: torch.device) -> float:
@@ -187,3 +196,28 @@ def group_set_loss(
         losses.update({f"{k}_g{g}": v for k, v in part.items() if k != "loss"})
     losses["loss"] = total
     return losses
+
+
+class GroupSetLoss(nn.Module):
+    """:func:`group_set_loss` as a module (so the wrapped criterion's buffers follow ``.to(device)``)."""
+
+    def __init__(self, criterion: nn.Module) -> None:
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, outputs: Mapping[str, Any], targets: Sequence[Target]) -> dict[str, Tensor]:
+        return group_set_loss(self.criterion, outputs, targets)
+
+
+def criterion_for(config: Any) -> nn.Module:
+    """The set loss matching a :class:`~detectors.detr.model.DetrConfig`'s outputs, default weights.
+
+    ``sigmoid`` -> :class:`FocalSetCriterion` (also covers ``enc_outputs`` and ``group_outputs``); ``softmax`` ->
+    the plain ``SetCriterion``, wrapped in :class:`GroupSetLoss` when ``num_query_groups > 1``.
+    """
+    if config.classification == "sigmoid":
+        return FocalSetCriterion(config.num_classes)
+    from detectors.detr import SetCriterion  # wherever the plain criterion lives, the package exports it
+
+    plain = SetCriterion(config.num_classes)
+    return GroupSetLoss(plain) if config.num_query_groups > 1 else plain

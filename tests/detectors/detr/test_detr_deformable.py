@@ -249,3 +249,20 @@ def test_two_stage_refuses_too_few_pixels() -> None:
     model = build_detr("detr_fast_r18", num_classes=3).eval()  # 100 queries, 32 px -> 16 + 4 pixels
     with pytest.raises(ValueError, match="num_queries=100"):
         model(torch.randn(1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("name", ["detr_fast_r18", "detr_tiny"])
+def test_precomputed_backbone_features_give_the_same_outputs(name: str, fast: torch.nn.Module) -> None:
+    """A trainer caching a frozen backbone's levels gets exactly the outputs of the full forward."""
+    model = (
+        fast.eval()
+        if name == "detr_fast_r18"
+        else build_detr(name, num_classes=3, train_backbone=False).eval()
+    )
+    images, mask = nested_batch([torch.rand(3, 64, 80), torch.rand(3, 72, 64)])
+    with torch.no_grad():
+        cached = model.backbone[0].levels(images, mask)
+        direct = model(images, mask)
+        reused = model(images, mask, features=cached)
+    torch.testing.assert_close(reused["pred_logits"], direct["pred_logits"], rtol=0, atol=0)
+    torch.testing.assert_close(reused["pred_boxes"], direct["pred_boxes"], rtol=0, atol=0)

@@ -9,8 +9,14 @@ import pytest
 import torch
 from torchvision.ops import box_convert, generalized_box_iou
 
-from detectors.detr import SetCriterion, build_detr, postprocess
-from detectors.detr.training.fast_losses import FocalHungarianMatcher, FocalSetCriterion, group_set_loss
+from detectors.detr import DetrConfig, SetCriterion, build_detr, postprocess
+from detectors.detr.training.fast_losses import (
+    FocalHungarianMatcher,
+    FocalSetCriterion,
+    GroupSetLoss,
+    criterion_for,
+    group_set_loss,
+)
 
 
 def _random_boxes(n: int, g: torch.Generator) -> torch.Tensor:
@@ -116,6 +122,11 @@ def test_group_set_loss_sums_any_criterion_over_groups() -> None:
     expected = sum(float(criterion(group, targets)["loss"]) for group in groups)
     assert float(losses["loss"]) == pytest.approx(expected, rel=1e-6)
     assert "loss_ce_g2" in losses and "loss_ce_g3" not in losses
+    wrapped = criterion_for(DetrConfig(num_classes=2, num_query_groups=3))
+    assert isinstance(wrapped, GroupSetLoss)
+    torch.testing.assert_close(wrapped(outputs, targets)["loss"], losses["loss"])
+    assert isinstance(criterion_for(DetrConfig(num_classes=2)), SetCriterion)
+    assert isinstance(criterion_for(DetrConfig(classification="sigmoid")), FocalSetCriterion)
 
 
 def test_focal_criterion_refuses_softmax_logits_and_bad_labels() -> None:
