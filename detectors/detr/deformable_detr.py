@@ -14,6 +14,7 @@ as Deformable DETR), ``transformer``, ``class_embed.{i}`` / ``bbox_embed.{i}`` (
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from .backbone import Backbone, Joiner
 from .deformable_transformer import DeformableTransformer
+from .denoising import denoising_queries
 from .model import _PRIOR_PROB, BackboneLevels, DetrConfig, check_inputs, pack_outputs
 from .position_encoding import PositionEmbeddingSine
 from .transformer import MLP
@@ -90,12 +92,18 @@ class DeformableDETR(nn.Module):
         )
         self.backbone = Joiner(backbone, PositionEmbeddingSine(d // 2, normalize=True))
         self.aux_loss = config.aux_loss
+        if config.denoising_groups:
+            self.label_embed = nn.Embedding(config.num_classes, d)
 
     def _box_heads(self) -> list[nn.Module]:
         return [self.bbox_embed[i if self.config.box_refine else 0] for i in range(self.config.dec_layers)]
 
     def forward(
-        self, images: Tensor, mask: Tensor | None = None, features: BackboneLevels | None = None
+        self,
+        images: Tensor,
+        mask: Tensor | None = None,
+        features: BackboneLevels | None = None,
+        targets: Sequence[Mapping[str, Tensor]] | None = None,
     ) -> dict[str, Any]:
         """Predict.
 
@@ -104,6 +112,8 @@ class DeformableDETR(nn.Module):
             mask: Padding mask bool ``[B, H, W]``, True = padding; None = no padding anywhere.
             features: ``self.backbone[0].levels(images, mask)`` computed beforehand (e.g. cached while the
                 backbone is frozen, ``train_backbone=False``); the backbone is then skipped.
+            targets: Ground truth ``{"labels" [n], "boxes" [n, 4] cxcywh}`` per image, used in training mode by
+                denoising queries (``denoising_groups > 0``) and ignored otherwise.
 
         Returns:
             The output dict documented in :mod:`detectors.detr.model` (with ``enc_outputs`` for two-stage and,
@@ -118,12 +128,24 @@ class DeformableDETR(nn.Module):
             srcs.append(proj(levels[-1][0] if i == 0 else srcs[-1]))
             masks.append(F.interpolate(mask[None].float(), size=srcs[-1].shape[-2:]).to(mask.dtype)[0])
         pos = [self.backbone[1](m).to(src.dtype) for m, src in zip(masks, srcs)]
-        hs, boxes, enc_outputs = self.transformer(srcs, masks if has_mask else None, pos, self._box_heads())
-        layers = range(len(hs)) if self.aux_loss else [len(hs) - 1]
-        logits = [self.class_embed[i if self.config.box_refine else 0](hs[i]) for i in layers]
-
+        denoising = None
+        if self.training and self.config.denoising_groups and targets is not None:
+            cfg = self.config
+            denoising = denoising_queries(
+                targets, cfg.denoising_groups, self.label_embed, cfg.dn_box_noise, cfg.dn_label_noise
+            )
+        hs, boxes, enc_outputs = self.transformer(
+            srcs, masks if has_mask else None, pos, self._box_heads(), denoising
+        )
+        layers = list(range(len(hs))) if self.aux_loss else [len(hs) - 1]
+        logits = torch.stack([self.class_embed[i if self.config.box_refine else 0](hs[i]) for i in layers])
+        boxes = boxes[layers]
+        num_dn = 0 if denoising is None else denoising[0].shape[1]
         groups = self.config.num_query_groups if self.training else 1
-        out = pack_outputs(torch.stack(logits), boxes[list(layers)], self.config, groups)
+        out = pack_outputs(logits[:, :, num_dn:], boxes[:, :, num_dn:], self.config, groups)
         if enc_outputs is not None:
             out["enc_outputs"] = enc_outputs
+        if denoising is not None:
+            dn = pack_outputs(logits[:, :, :num_dn], boxes[:, :, :num_dn], self.config, 1, num_dn)
+            out["dn_outputs"], out["dn_meta"] = dn, denoising[2]
         return out

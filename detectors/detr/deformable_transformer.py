@@ -13,6 +13,8 @@ Sources of each piece:
   queries stay learned ("mixed query selection", DINO; two-stage Deformable DETR).
 * Query groups: ``G`` copies of the queries at training time that do not attend to each other, each matched
   one-to-one to the ground truth (Group DETR, Chen et al. 2023); inference runs group 0 only.
+* Denoising queries: noised ground truth fed as extra training-time queries (DN-DETR / DINO; see
+  :mod:`detectors.detr.denoising`).
 
 Tensors are batch-first; flattened sequences concatenate the levels' pixels row-major in level order.
 """
@@ -25,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .deformable import MSDeformAttn
+from .denoising import block_attention_mask
 from .position_encoding import box_sine_embed
-from .transformer import _FFN, MLP, MultiheadAttention, group_attention_mask
+from .transformer import _FFN, MLP, MultiheadAttention
 
 __all__ = ["DeformableTransformer", "inverse_sigmoid", "valid_ratios"]
 
@@ -219,6 +222,7 @@ class DeformableTransformer(nn.Module):
         masks: Sequence[Tensor] | None,
         pos: Sequence[Tensor],
         box_heads: Sequence[nn.Module],
+        denoising: tuple[Tensor, Tensor, dict[str, int]] | None = None,
     ) -> tuple[Tensor, Tensor, dict[str, Tensor] | None]:
         """Run encoder, query selection and decoder.
 
@@ -228,9 +232,13 @@ class DeformableTransformer(nn.Module):
             pos: Position encodings per level ``[B, d_model, h_l, w_l]``.
             box_heads: Per decoder layer a module ``[..., d_model] -> [..., 4]`` predicting the box as a logit-space
                 correction of the layer's reference box (the same module repeated when heads are shared).
+            denoising: ``(content [B, N, d], reference [B, N, 4], {"num_groups": K, "pad_size": M})`` from
+                :func:`~detectors.detr.denoising.denoising_queries`: ``N = K·M`` queries put BEFORE the
+                matching ones, in ``K`` attention blocks of ``M``.
 
         Returns:
-            ``hs [L_dec, B, G·Q, d_model]`` (``G = 1`` in eval mode), ``boxes [L_dec, B, G·Q, 4]`` (normalised
+            ``hs [L_dec, B, N + G·Q, d_model]`` (``G = 1`` in eval mode, ``N = 0`` without denoising),
+            ``boxes [L_dec, B, N + G·Q, 4]`` (normalised
             cxcywh over each image's valid region) and, for two-stage, the selected proposals' outputs
             ``{"pred_logits" [B, Q, C], "pred_boxes" [B, Q, 4]}`` (else None).
         """
@@ -260,7 +268,13 @@ class DeformableTransformer(nn.Module):
         else:
             ref = self.refpoint_embed.weight[:total].sigmoid().expand(batch, -1, -1)
         tgt = self.tgt_embed.weight[:total].expand(batch, -1, -1)
-        attn_mask = group_attention_mask(self.num_queries, groups, src.device)
+        blocks = [self.num_queries] * groups
+        if denoising is not None:
+            dn_tgt, dn_ref, meta = denoising
+            tgt = torch.cat((dn_tgt.to(tgt.dtype), tgt), 1)
+            ref = torch.cat((dn_ref.to(ref.dtype), ref), 1)
+            blocks = [meta["pad_size"]] * meta["num_groups"] + blocks
+        attn_mask = block_attention_mask(blocks, src.device)
         scale = torch.cat((ratios, ratios), -1)[:, None]  # [B, 1, L, 4]
         hs, boxes = [], []
         for layer, head in zip(self.decoder, box_heads):

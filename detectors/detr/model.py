@@ -26,6 +26,10 @@ The output dict of every model ``build_detr`` makes (:class:`DETR` and
   the top level (``pred_logits``, ``pred_boxes``, ``aux_outputs``) for query groups 1..G-1; group 0 is the top
   level. Groups never attend to each other; Group DETR's loss is the plain set loss summed over the G groups,
   each group matched one-to-one to the same targets independently. Absent in eval mode (inference = group 0).
+* ``dn_outputs`` and ``dn_meta`` (training mode, ``denoising_groups = K > 0`` and ``targets`` passed to forward,
+  with at least one box in the batch): ``{"pred_logits" [B, K·M, C], "pred_boxes" [B, K·M, 4], "aux_outputs"}``
+  and ``{"num_groups": K, "pad_size": M}``, ``M`` = most targets in one image. Query ``k·M + j`` of image ``b``
+  has the FIXED target ``j`` of that image (no matching; slots ``j >= n_b`` are padding, negatives).
 
 Every tensor is in the model's compute dtype; ``Q = num_queries``.
 """
@@ -87,6 +91,11 @@ class DetrConfig:
         num_query_groups: Group DETR (Chen et al. 2023): ``G`` groups of ``num_queries`` queries at training
             time, not attending to each other, each matched one-to-one (a one-to-many supervision with
             one-to-one inference); eval runs group 0 only. Official: 1.
+        denoising_groups: Deformable + sigmoid only: ``K`` groups of denoising queries made from the noised
+            ground truth passed as ``forward(..., targets=...)`` in training mode (DN-DETR / DINO, see
+            :mod:`detectors.detr.denoising`); 0 = off.
+        dn_box_noise: Corner noise of denoising boxes, fraction of half the box size (DN-DETR 0.4).
+        dn_label_noise: Probability of a random label on a denoising query (DN-DETR 0.2).
     """
 
     backbone: str = "resnet50"
@@ -111,6 +120,9 @@ class DetrConfig:
     two_stage: bool = False
     classification: str = "softmax"
     num_query_groups: int = 1
+    denoising_groups: int = 0
+    dn_box_noise: float = 0.4
+    dn_label_noise: float = 0.2
 
     def __post_init__(self) -> None:
         # YAML gives lists; the frozen dataclass keeps a tuple (hashable, immutable).
@@ -158,6 +170,17 @@ class DetrConfig:
             raise ValueError(
                 f"DetrConfig.classification must be 'softmax' or 'sigmoid', got {self.classification!r}"
             )
+        if not isinstance(self.denoising_groups, int) or self.denoising_groups < 0:
+            raise ValueError(
+                f"DetrConfig.denoising_groups must be an int >= 0, got {self.denoising_groups!r}"
+            )
+        if not (0.0 <= self.dn_box_noise and 0.0 <= self.dn_label_noise <= 1.0):
+            raise ValueError(
+                f"DetrConfig.dn_box_noise must be >= 0 and dn_label_noise in [0, 1], "
+                f"got {self.dn_box_noise} and {self.dn_label_noise}"
+            )
+        if self.denoising_groups and (not self.deformable or self.classification != "sigmoid"):
+            raise ValueError("DetrConfig.denoising_groups needs deformable=True and classification='sigmoid'")
         for name in ("num_points", "num_query_groups"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -241,16 +264,19 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def pack_outputs(logits: Tensor, boxes: Tensor, config: DetrConfig, groups: int) -> dict[str, Any]:
+def pack_outputs(
+    logits: Tensor, boxes: Tensor, config: DetrConfig, groups: int, num_queries: int | None = None
+) -> dict[str, Any]:
     """Per-layer head outputs -> the output dict documented in this module.
 
     Args:
         logits: ``[L, B, G·Q, K]`` class logits of every decoder layer (or only the last when not ``aux_loss``).
         boxes: ``[L, B, G·Q, 4]`` boxes, same layers.
-        config: The architecture (``num_queries``, ``aux_loss``, ``uncertainty_modulation``).
+        config: The architecture (``aux_loss``, ``uncertainty_modulation``).
         groups: Query groups present (``G``).
+        num_queries: ``Q`` (default ``config.num_queries``).
     """
-    num_queries = config.num_queries
+    num_queries = config.num_queries if num_queries is None else num_queries
     outputs = []
     for g in range(groups):
         part_logits = logits[:, :, g * num_queries : (g + 1) * num_queries]
@@ -326,7 +352,11 @@ class DETR(nn.Module):
         self.aux_loss = config.aux_loss
 
     def forward(
-        self, images: Tensor, mask: Tensor | None = None, features: BackboneLevels | None = None
+        self,
+        images: Tensor,
+        mask: Tensor | None = None,
+        features: BackboneLevels | None = None,
+        targets: Any = None,
     ) -> dict[str, Any]:
         """Predict.
 
@@ -335,6 +365,7 @@ class DETR(nn.Module):
             mask: Padding mask bool ``[B, H, W]``, True = padding; None = no padding anywhere.
             features: ``self.backbone[0].levels(images, mask)`` computed beforehand, e.g. cached by a trainer
                 while the backbone is frozen (``train_backbone=False``); the backbone is then skipped.
+            targets: Ignored here (the deformable model's denoising queries use them); same call everywhere.
 
         Returns:
             The output dict of this module's docstring: ``pred_logits``, ``pred_boxes``, with ``aux_loss``

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .denoising import block_attention_mask
+
 __all__ = [
     "MLP",
     "Decoder",
@@ -52,10 +54,7 @@ def group_attention_mask(
 
     Groups are consecutive blocks of ``num_queries``; None when there is one group (nothing to block).
     """
-    if num_groups <= 1:
-        return None
-    group = torch.arange(num_groups * num_queries, device=device) // num_queries
-    return group[:, None] != group[None, :]
+    return block_attention_mask([num_queries] * num_groups, device)
 
 
 class MultiheadAttention(nn.Module):

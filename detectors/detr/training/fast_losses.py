@@ -10,6 +10,8 @@ Written against the output dict documented in :mod:`detectors.detr.model`:
   ``aux_outputs`` layer (suffix ``_<i>``), the two-stage ``enc_outputs`` (suffix ``_enc``) and every
   ``group_outputs`` group with its own aux layers (suffix ``_g<g>`` / ``_g<g>_<i>``), each group matched
   independently: Group DETR's one-to-many supervision (Chen et al. 2023).
+* Denoising queries (``dn_outputs``, DN-DETR / DINO): the same three losses with the FIXED assignment of
+  ``dn_meta`` (suffixes ``_dn`` / ``_dn_<i>``), divided by the number of boxes times the denoising groups.
 * :func:`group_set_loss` / :class:`GroupSetLoss`: the same group sum around any criterion (e.g. the softmax
   ``SetCriterion``).
 * :func:`criterion_for`: the right loss for a :class:`~detectors.detr.model.DetrConfig`.
@@ -35,6 +37,7 @@ __all__ = [
     "FocalSetCriterion",
     "GroupSetLoss",
     "criterion_for",
+    "denoising_indices",
     "global_num_boxes",
     "group_set_loss",
 ]
@@ -114,16 +117,24 @@ class FocalSetCriterion(nn.Module):
         self.alpha, self.gamma = alpha, gamma
 
     def layer_losses(
-        self, outputs: Mapping[str, Tensor], targets: Sequence[Target], num_boxes: float
+        self,
+        outputs: Mapping[str, Tensor],
+        targets: Sequence[Target],
+        num_boxes: float,
+        indices: list[tuple[Tensor, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
-        """``loss_focal``, ``loss_bbox``, ``loss_giou`` of one layer's ``pred_logits [B, Q, C]`` / ``pred_boxes``."""
+        """``loss_focal``, ``loss_bbox``, ``loss_giou`` of one layer's ``pred_logits [B, Q, C]`` / ``pred_boxes``.
+
+        ``indices``: per image (query indices, target indices); None = Hungarian matching.
+        """
         logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
         if logits.shape[-1] != self.num_classes:
             raise ValueError(
                 f"pred_logits has {logits.shape[-1]} classes, the criterion {self.num_classes}: "
                 "the focal loss needs classification='sigmoid' logits (no no-object column)"
             )
-        indices = self.matcher(outputs, targets)
+        if indices is None:
+            indices = self.matcher(outputs, targets)
         device = logits.device
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
         src_idx = torch.cat([src for src, _ in indices]).to(device)
@@ -151,8 +162,30 @@ class FocalSetCriterion(nn.Module):
         losses: dict[str, Tensor] = {}
         for suffix, layer in _supervised_layers(outputs):
             losses.update({k + suffix: v for k, v in self.layer_losses(layer, targets, num_boxes).items()})
+        if "dn_outputs" in outputs:
+            meta = outputs["dn_meta"]
+            indices = denoising_indices(targets, meta["num_groups"], meta["pad_size"])
+            dn_boxes = num_boxes * meta["num_groups"]
+            dn = outputs["dn_outputs"]
+            layers = [("_dn", dn)] + [(f"_dn_{i}", aux) for i, aux in enumerate(dn.get("aux_outputs", []))]
+            for suffix, layer in layers:
+                part = self.layer_losses(layer, targets, dn_boxes, indices)
+                losses.update({k + suffix: v for k, v in part.items()})
         losses["loss"] = sum(v * self.weights["_".join(k.split("_")[:2])] for k, v in losses.items())
         return losses
+
+
+def denoising_indices(
+    targets: Sequence[Target], num_groups: int, pad_size: int
+) -> list[tuple[Tensor, Tensor]]:
+    """The fixed assignment of denoising queries: query ``k·M + j`` -> target ``j``, per image, all groups."""
+    result = []
+    for target in targets:
+        n = len(target["labels"])
+        own = torch.arange(n, dtype=torch.int64)
+        queries = (torch.arange(num_groups, dtype=torch.int64)[:, None] * pad_size + own).flatten()
+        result.append((queries, own.repeat(num_groups)))
+    return result
 
 
 def _supervised_layers(outputs: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Mapping[str, Any]]]:
