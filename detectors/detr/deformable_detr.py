@@ -112,8 +112,8 @@ class DeformableDETR(nn.Module):
             mask: Padding mask bool ``[B, H, W]``, True = padding; None = no padding anywhere.
             features: ``self.backbone[0].levels(images, mask)`` computed beforehand (e.g. cached while the
                 backbone is frozen, ``train_backbone=False``); the backbone is then skipped.
-            targets: Ground truth ``{"labels" [n], "boxes" [n, 4] cxcywh}`` per image, used in training mode by
-                denoising queries (``denoising_groups > 0``) and ignored otherwise.
+            targets: Ground truth ``{"labels" [n], "boxes" [n, 4] cxcywh}`` per image; required in training
+                mode with denoising queries (``denoising_groups > 0``), ignored otherwise.
 
         Returns:
             The output dict documented in :mod:`detectors.detr.model` (with ``enc_outputs`` for two-stage and,
@@ -129,7 +129,12 @@ class DeformableDETR(nn.Module):
             masks.append(F.interpolate(mask[None].float(), size=srcs[-1].shape[-2:]).to(mask.dtype)[0])
         pos = [self.backbone[1](m).to(src.dtype) for m, src in zip(masks, srcs)]
         denoising = None
-        if self.training and self.config.denoising_groups and targets is not None:
+        if self.training and self.config.denoising_groups:
+            if targets is None:
+                raise ValueError(
+                    "denoising_groups > 0: pass the ground truth as forward(..., targets=...) in training mode "
+                    "(or call model.eval() for inference)"
+                )
             cfg = self.config
             denoising = denoising_queries(
                 targets, cfg.denoising_groups, self.label_embed, cfg.dn_box_noise, cfg.dn_label_noise

@@ -26,8 +26,8 @@ The output dict of every model ``build_detr`` makes (:class:`DETR` and
   the top level (``pred_logits``, ``pred_boxes``, ``aux_outputs``) for query groups 1..G-1; group 0 is the top
   level. Groups never attend to each other; Group DETR's loss is the plain set loss summed over the G groups,
   each group matched one-to-one to the same targets independently. Absent in eval mode (inference = group 0).
-* ``dn_outputs`` and ``dn_meta`` (training mode, ``denoising_groups = K > 0`` and ``targets`` passed to forward,
-  with at least one box in the batch): ``{"pred_logits" [B, K·M, C], "pred_boxes" [B, K·M, 4], "aux_outputs"}``
+* ``dn_outputs`` and ``dn_meta`` (training mode with ``denoising_groups = K > 0``, which requires
+  ``forward(images, mask, targets=...)``; absent when the batch has no box): ``{"pred_logits" [B, K·M, C], "pred_boxes" [B, K·M, 4], "aux_outputs"}``
   and ``{"num_groups": K, "pad_size": M}``, ``M`` = most targets in one image. Query ``k·M + j`` of image ``b``
   has the FIXED target ``j`` of that image (no matching; slots ``j >= n_b`` are padding, negatives).
 

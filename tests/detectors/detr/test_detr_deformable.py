@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torchvision.ops import box_convert
 
 from detectors.detr import DetrConfig, build_detr, load_checkpoint, nested_batch, save_checkpoint
 from detectors.detr.backbone import Backbone
 from detectors.detr.deformable import MSDeformAttn, ms_deform_attn
 from detectors.detr.deformable_transformer import inverse_sigmoid, pixel_centres, valid_ratios
+from detectors.detr.denoising import block_attention_mask, denoising_queries
 from detectors.detr.position_encoding import PositionEmbeddingSine, box_sine_embed
 
 SHAPES = [(6, 8), (3, 4), (2, 2)]
@@ -266,3 +268,71 @@ def test_precomputed_backbone_features_give_the_same_outputs(name: str, fast: to
         reused = model(images, mask, features=cached)
     torch.testing.assert_close(reused["pred_logits"], direct["pred_logits"], rtol=0, atol=0)
     torch.testing.assert_close(reused["pred_boxes"], direct["pred_boxes"], rtol=0, atol=0)
+
+
+def test_block_attention_mask_hand_values() -> None:
+    mask = block_attention_mask([2, 1, 3])
+    block = torch.tensor([0, 0, 1, 2, 2, 2])
+    assert torch.equal(mask, block[:, None] != block[None, :])
+    assert block_attention_mask([5]) is None
+
+
+def test_denoising_queries_without_noise_are_the_ground_truth() -> None:
+    embed = torch.nn.Embedding(3, 8)
+    targets = [
+        {"labels": torch.tensor([2, 0]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.6, 0.5, 0.1, 0.3]])},
+        {"labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
+    ]
+    content, reference, meta = denoising_queries(targets, 2, embed, box_noise=0.0, label_noise=0.0)
+    assert meta == {"num_groups": 2, "pad_size": 2}
+    assert content.shape == (2, 4, 8) and reference.shape == (2, 4, 4)
+    for k in range(2):
+        torch.testing.assert_close(reference[0, 2 * k : 2 * k + 2], targets[0]["boxes"])
+        torch.testing.assert_close(reference[1, 2 * k], targets[1]["boxes"][0])
+        torch.testing.assert_close(content[0, 2 * k : 2 * k + 2], embed(targets[0]["labels"]))
+    assert (
+        denoising_queries([{"labels": torch.zeros(0), "boxes": torch.zeros(0, 4)}], 2, embed, 0.4, 0.2)
+        is None
+    )
+
+
+def test_denoising_box_noise_stays_within_its_bound() -> None:
+    torch.manual_seed(0)
+    boxes = torch.tensor([[0.5, 0.5, 0.2, 0.4]]).repeat(50, 1)
+    targets = [{"labels": torch.zeros(50, dtype=torch.long), "boxes": boxes}]
+    _, reference, _ = denoising_queries(targets, 1, torch.nn.Embedding(2, 4), box_noise=0.4, label_noise=0.0)
+    moved = (box_convert(reference[0], "cxcywh", "xyxy") - box_convert(boxes, "cxcywh", "xyxy")).abs()
+    bound = torch.tensor([0.1, 0.2, 0.1, 0.2]) * 0.4  # 0.4 x half the width / height
+    assert (moved <= bound + 1e-6).all() and (moved.amax(0) > 0.8 * bound).all()
+
+
+def test_denoising_queries_leave_the_matching_queries_unchanged() -> None:
+    """Denoising queries are extra attention blocks: the matching part computes exactly the same."""
+    torch.manual_seed(0)
+    model = _fast(denoising_groups=3, num_query_groups=2, dec_layers=2).train()
+    targets = [
+        {"labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])},
+        {"labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.4]])},
+    ]
+    images = torch.randn(2, 3, 64, 64)
+    plain = _fast(num_query_groups=2, dec_layers=2).train()
+    missing = plain.load_state_dict(model.state_dict(), strict=False)
+    assert missing.unexpected_keys == ["label_embed.weight"] and missing.missing_keys == []
+    with torch.no_grad():
+        with_dn = model(images, targets=targets)
+        without = plain(images)
+    with pytest.raises(ValueError, match="targets="):
+        model(images)
+    assert with_dn["dn_meta"] == {"num_groups": 3, "pad_size": 2}
+    assert (
+        with_dn["dn_outputs"]["pred_logits"].shape == (2, 6, 3)
+        and len(with_dn["dn_outputs"]["aux_outputs"]) == 1
+    )
+    for key in ("pred_logits", "pred_boxes"):
+        torch.testing.assert_close(with_dn[key], without[key], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            with_dn["group_outputs"][0][key], without["group_outputs"][0][key], rtol=1e-5, atol=1e-5
+        )
+    assert "dn_outputs" not in model.eval()(images, targets=targets)  # inference never denoises
+    with pytest.raises(ValueError, match="denoising_groups needs deformable"):
+        DetrConfig(denoising_groups=2)

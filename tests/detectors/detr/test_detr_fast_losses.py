@@ -15,6 +15,7 @@ from detectors.detr.training.fast_losses import (
     FocalSetCriterion,
     GroupSetLoss,
     criterion_for,
+    denoising_indices,
     group_set_loss,
 )
 
@@ -171,3 +172,31 @@ def test_fast_detr_overfits_one_image() -> None:
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
     assert history[-1]["loss_giou"] < history[0]["loss_giou"]
     assert history[-1]["loss_focal_enc"] < history[0]["loss_focal_enc"]
+
+
+def test_denoising_losses_use_the_fixed_assignment() -> None:
+    g = torch.Generator().manual_seed(3)
+    targets = [
+        {"labels": torch.tensor([0, 2]), "boxes": _random_boxes(2, g)},
+        {"labels": torch.tensor([1]), "boxes": _random_boxes(1, g)},
+    ]
+    indices = denoising_indices(targets, num_groups=2, pad_size=2)
+    assert [(q.tolist(), t.tolist()) for q, t in indices] == [([0, 1, 2, 3], [0, 1, 0, 1]), ([0, 2], [0, 0])]
+    dn = {
+        "pred_logits": torch.randn(2, 4, 3, generator=g),
+        "pred_boxes": _random_boxes(8, g).view(2, 4, 4),
+    }
+    dn["aux_outputs"] = [{k: v + 0.01 for k, v in dn.items()}]
+    main = {
+        "pred_logits": torch.randn(2, 5, 3, generator=g),
+        "pred_boxes": _random_boxes(10, g).view(2, 5, 4),
+    }
+    criterion = FocalSetCriterion(num_classes=3)
+    losses = criterion({**main, "dn_outputs": dn, "dn_meta": {"num_groups": 2, "pad_size": 2}}, targets)
+    plain = criterion(main, targets)
+    for suffix, layer in (("_dn", dn), ("_dn_0", dn["aux_outputs"][0])):
+        expected = criterion.layer_losses(layer, targets, 3.0 * 2, indices)  # 3 boxes x 2 groups
+        for key, value in expected.items():
+            torch.testing.assert_close(losses[key + suffix], value)
+    extra = sum(criterion.weights[k.rsplit("_dn", 1)[0]] * float(v) for k, v in losses.items() if "_dn" in k)
+    assert float(losses["loss"]) == pytest.approx(float(plain["loss"]) + extra, rel=1e-6)
