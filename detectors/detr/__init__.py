@@ -10,6 +10,7 @@ Example:
 from .calibration import logit_mixing_loss, modulate_logits, query_uncertainty
 from .checkpoint import load_checkpoint, load_official, save_checkpoint
 from .criterion import SetCriterion, train_step
+from .deformable_detr import DeformableDETR
 from .matcher import HungarianMatcher
 from .model import DETR, PRESETS, DetrConfig, build_detr
 from .postprocess import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, postprocess
@@ -18,6 +19,7 @@ from .student import StudentPlan, build_student, plan_student
 
 __all__ = [
     "DETR",
+    "DeformableDETR",
     "PRESETS",
     "DetrConfig",
     "HungarianMatcher",

@@ -336,3 +336,11 @@ def test_denoising_queries_leave_the_matching_queries_unchanged() -> None:
     assert "dn_outputs" not in model.eval()(images, targets=targets)  # inference never denoises
     with pytest.raises(ValueError, match="denoising_groups needs deformable"):
         DetrConfig(denoising_groups=2)
+
+
+def test_plain_detr_on_layer3_is_stride_16_without_layer4() -> None:
+    model = build_detr("detr_tiny", num_classes=3, backbone_layers=(3,)).eval()
+    state = model.state_dict()
+    assert not any(".layer4." in k for k in state) and state["input_proj.weight"].shape == (64, 256, 1, 1)
+    features = model.backbone[0].levels(torch.zeros(1, 3, 64, 96), torch.zeros(1, 64, 96, dtype=torch.bool))
+    assert features[-1][0].shape[-2:] == (4, 6)
