@@ -40,7 +40,9 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "fast-no-groups": ("detr_fast_r18", {"num_query_groups": 1}),
     "fast-no-two-stage": ("detr_fast_r18", {"two_stage": False}),
     "fast-no-refine": ("detr_fast_r18", {"box_refine": False}),
-    "fast-single-level": ("detr_fast_r18", {"backbone_layers": (3,)}),
+    # One stride-16 level has too few pixels for 100 two-stage proposals on small images: fewer queries.
+    "fast-single-level": ("detr_fast_r18", {"backbone_layers": (3,), "num_queries": 30}),
+    "fast-lite": ("detr_fast_r18", {"num_query_groups": 1, "two_stage": False}),
     "fast+dn": ("detr_fast_r18", {"denoising_groups": 3}),
     "fast-softmax": ("detr_fast_r18", {"classification": "softmax", "two_stage": False}),
 }
@@ -170,6 +172,33 @@ def train_variant(
     }
 
 
+def interleaved_step_times(
+    names: list[str], images: torch.Tensor, targets: list[dict[str, Any]], steps: int, batch: int
+) -> dict[str, float]:
+    """Median training-step seconds of each variant, steps interleaved so that load changes hit all alike."""
+    setups = []
+    for name in names:
+        preset, overrides = VARIANTS[name]
+        torch.manual_seed(0)
+        model = build_detr(preset, num_classes=len(CLASSES), **overrides).train()
+        sigmoid = model.config.classification == "sigmoid"
+        criterion = FocalSetCriterion(len(CLASSES)) if sigmoid else SetCriterion(len(CLASSES))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        setups.append((name, model, criterion, optimizer))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    tgt = [{k: t[k] for k in ("labels", "boxes")} for t in targets[:batch]]
+    for step in range(steps + 1):
+        for name, model, criterion, optimizer in setups:
+            start = time.perf_counter()
+            loss = group_set_loss(criterion, model(images[:batch], targets=tgt), tgt)["loss"]
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if step:  # the first step warms up allocators and caches
+                times[name].append(time.perf_counter() - start)
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -184,6 +213,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--steps", type=int, default=None, help="stop a variant after this many steps")
+    parser.add_argument(
+        "--timing", type=int, default=0, help="only time this many interleaved steps per variant"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = list(VARIANTS) if args.variants == "all" else args.variants.split(",")
@@ -191,6 +223,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; known: {list(VARIANTS)}")
     images, targets = render_shapes(args.train_images, args.size, args.seed)
+    if args.timing:
+        medians = interleaved_step_times(names, images, targets, args.timing, args.batch)
+        base = medians[names[0]]
+        print(f"batch {args.batch} of {args.size}px, median of {args.timing} interleaved steps")
+        print(f"{'variant':<20}{'s/step':>8}{'vs ' + names[0]:>16}")
+        for name, value in medians.items():
+            print(f"{name:<20}{value:>8.3f}{value / base:>16.2f}")
+        return
     val = render_shapes(args.val, args.size, args.seed + 1) if args.val else None
     print(
         f"{args.train_images} train images {args.size}px, batch {args.batch}, lr {args.lr}, "

@@ -122,7 +122,7 @@ class DeformableDETR(nn.Module):
         has_mask = mask is not None
         mask = check_inputs(images, mask)
         levels = self.backbone[0].levels(images, mask) if features is None else features
-        srcs = [proj(features) for (features, _), proj in zip(levels, self.input_proj)]
+        srcs = [proj(feat) for (feat, _), proj in zip(levels, self.input_proj)]
         masks = [small for _, small in levels]
         for i, proj in enumerate(self.input_proj[len(levels) :]):
             srcs.append(proj(levels[-1][0] if i == 0 else srcs[-1]))
