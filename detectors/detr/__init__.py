@@ -19,8 +19,8 @@ from .student import StudentPlan, build_student, plan_student
 
 __all__ = [
     "DETR",
-    "DeformableDETR",
     "PRESETS",
+    "DeformableDETR",
     "DetrConfig",
     "HungarianMatcher",
     "SetCriterion",

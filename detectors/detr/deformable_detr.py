@@ -24,7 +24,8 @@ from torch import Tensor, nn
 from .backbone import Backbone, Joiner
 from .deformable_transformer import DeformableTransformer
 from .denoising import denoising_queries
-from .model import _PRIOR_PROB, BackboneLevels, DetrConfig, check_inputs, pack_outputs
+from .model import _PRIOR_PROB, DetrConfig
+from .outputs import BackboneLevels, check_inputs, pack_outputs
 from .position_encoding import PositionEmbeddingSine
 from .transformer import MLP
 

@@ -10,28 +10,14 @@ Layout (state-dict keys and shapes) is that of facebookresearch/detr, so officia
     out["pred_boxes"]           # [B, Q, 4] normalised (cx, cy, w, h) relative to each image's VALID region
     out["aux_outputs"]          # [{"pred_logits", "pred_boxes"}] of decoder layers 1..L-1 (when aux_loss)
 
-The output dict of every model ``build_detr`` makes (:class:`DETR` and
-:class:`~detectors.detr.deformable_detr.DeformableDETR`), what a criterion may rely on:
+The output dict every model of ``build_detr`` returns, in full (query groups, encoder proposals, denoising):
+:mod:`detectors.detr.outputs`.
 
-* ``pred_logits``: ``[B, Q, K]``, the last decoder layer's class logits. ``classification="softmax"``:
-  ``K = num_classes + 1``, column ``num_classes`` = no-object (DETR's CE). ``"sigmoid"``: ``K = num_classes``,
-  independent per-class logits, no no-object column (focal loss; "no object" = every class low).
-* ``pred_boxes``: ``[B, Q, 4]`` sigmoid cxcywh normalised to each image's valid (unpadded) region.
-* ``aux_outputs`` (when ``aux_loss``): list of ``dec_layers - 1`` dicts ``{"pred_logits", "pred_boxes"}`` of the
-  earlier decoder layers, first layer first, shaped as above.
-* ``enc_outputs`` (``two_stage`` only, train and eval): ``{"pred_logits" [B, Q, num_classes],
-  "pred_boxes" [B, Q, 4]}``, the ``Q`` encoder proposals that became the decoder's reference boxes (sigmoid
-  logits always); supervise them with one-to-one matching like a decoder layer (DINO's encoder loss).
-* ``group_outputs`` (training mode and ``num_query_groups = G > 1`` only): list of ``G - 1`` dicts shaped like
-  the top level (``pred_logits``, ``pred_boxes``, ``aux_outputs``) for query groups 1..G-1; group 0 is the top
-  level. Groups never attend to each other; Group DETR's loss is the plain set loss summed over the G groups,
-  each group matched one-to-one to the same targets independently. Absent in eval mode (inference = group 0).
-* ``dn_outputs`` and ``dn_meta`` (training mode with ``denoising_groups = K > 0``, which requires
-  ``forward(images, mask, targets=...)``; absent when the batch has no box): ``{"pred_logits" [B, K·M, C], "pred_boxes" [B, K·M, 4], "aux_outputs"}``
-  and ``{"num_groups": K, "pad_size": M}``, ``M`` = most targets in one image. Query ``k·M + j`` of image ``b``
-  has the FIXED target ``j`` of that image (no matching; slots ``j >= n_b`` are padding, negatives).
-
-Every tensor is in the model's compute dtype; ``Q = num_queries``.
+Fast-convergence switches (all off by default, the official layout): ``backbone_layers`` (lighter / multi-level
+backbone), ``deformable`` (+ ``extra_levels``, ``num_points``, ``box_refine``, ``two_stage``),
+``classification="sigmoid"`` (focal), ``num_query_groups`` (Group DETR), ``denoising_groups`` (DN-DETR); sources
+in :class:`DetrConfig` and :mod:`detectors.detr.deformable_transformer`; their losses in
+:mod:`detectors.detr.training.fast_losses`; the preset ``detr_fast_r18`` combines them.
 """
 
 from __future__ import annotations
@@ -41,17 +27,14 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 
 from .backbone import BACKBONES, Backbone, Joiner
+from .outputs import BackboneLevels, check_inputs, pack_outputs
 from .position_encoding import PositionEmbeddingSine
 from .transformer import MLP, Transformer, group_attention_mask
 
-__all__ = ["DETR", "MLP", "PRESETS", "DetrConfig", "build_detr", "pack_outputs"]
-
-#: What ``Backbone.levels`` returns: per level, features ``[B, C_l, h_l, w_l]`` and padding mask ``[B, h_l, w_l]``.
-BackboneLevels = list[tuple[Tensor, Tensor]]
+__all__ = ["DETR", "MLP", "PRESETS", "DetrConfig", "build_detr"]
 
 _PRIOR_PROB = 0.01  # focal-loss bias init: every class starts at p = 0.01 (RetinaNet, Lin et al. 2017)
 
@@ -262,52 +245,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         "num_query_groups": 3,
     },
 }
-
-
-def pack_outputs(
-    logits: Tensor, boxes: Tensor, config: DetrConfig, groups: int, num_queries: int | None = None
-) -> dict[str, Any]:
-    """Per-layer head outputs -> the output dict documented in this module.
-
-    Args:
-        logits: ``[L, B, G·Q, K]`` class logits of every decoder layer (or only the last when not ``aux_loss``).
-        boxes: ``[L, B, G·Q, 4]`` boxes, same layers.
-        config: The architecture (``aux_loss``, ``uncertainty_modulation``).
-        groups: Query groups present (``G``).
-        num_queries: ``Q`` (default ``config.num_queries``).
-    """
-    num_queries = config.num_queries if num_queries is None else num_queries
-    outputs = []
-    for g in range(groups):
-        part_logits = logits[:, :, g * num_queries : (g + 1) * num_queries]
-        part_boxes = boxes[:, :, g * num_queries : (g + 1) * num_queries]
-        out: dict[str, Any] = {"pred_logits": part_logits[-1], "pred_boxes": part_boxes[-1]}
-        if config.aux_loss:
-            out["aux_outputs"] = [
-                {"pred_logits": a, "pred_boxes": b} for a, b in zip(part_logits[:-1], part_boxes[:-1])
-            ]
-        if config.uncertainty_modulation:
-            from .calibration import modulate_logits, query_uncertainty
-
-            out["pred_logits"] = modulate_logits(part_logits[-1], query_uncertainty(part_logits))
-        outputs.append(out)
-    if groups > 1:
-        outputs[0]["group_outputs"] = outputs[1:]
-    return outputs[0]
-
-
-def check_inputs(images: Tensor, mask: Tensor | None) -> Tensor:
-    """Validate ``images [B, 3, H, W]`` and ``mask`` bool ``[B, H, W]``; return the mask (all False if None)."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"images must be [B, 3, H, W], got {list(images.shape)}")
-    if mask is None:
-        return torch.zeros((images.shape[0], *images.shape[-2:]), dtype=torch.bool, device=images.device)
-    if mask.shape != (images.shape[0], *images.shape[-2:]) or mask.dtype != torch.bool:
-        raise ValueError(
-            f"mask must be bool [B, H, W] = {[images.shape[0], *images.shape[-2:]]}, "
-            f"got {mask.dtype} {list(mask.shape)}"
-        )
-    return mask
 
 
 class DETR(nn.Module):
