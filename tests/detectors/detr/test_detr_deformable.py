@@ -166,7 +166,7 @@ def _fast(**overrides: object) -> torch.nn.Module:
 @pytest.fixture(scope="module")
 def fast() -> torch.nn.Module:
     """The fast preset, narrower, with an extra stride-32 level: 3 levels, 3 query groups, two-stage."""
-    return _fast(extra_levels=1)
+    return _fast(extra_levels=1, num_query_groups=3)
 
 
 def test_fast_output_dict_contract(fast: torch.nn.Module) -> None:
@@ -201,7 +201,7 @@ def test_groups_do_not_see_each_other(name: str, fast: torch.nn.Module) -> None:
 
 def test_initial_boxes_are_the_reference_boxes() -> None:
     """Box heads start at zero correction: every layer's box is its reference box (box = σ(0 + σ⁻¹(ref)))."""
-    model = _fast(two_stage=False, num_query_groups=1, dec_layers=2).eval()
+    model = _fast(two_stage=False, dec_layers=2).eval()
     with torch.no_grad():
         out = model(torch.randn(1, 3, 64, 64))
         anchors = model.transformer.refpoint_embed.weight[:12].sigmoid()
