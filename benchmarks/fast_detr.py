@@ -21,13 +21,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
-
-from detectors.detr import SetCriterion, build_detr, postprocess
-from detectors.detr.training.fast_losses import FocalSetCriterion, group_set_loss
 from fusion.scoring.annotations import load_annotations
 from fusion.scoring.evaluate import evaluate
 from fusion.scoring.predictions import Predictions
+from PIL import Image, ImageDraw
+
+from detectors.detr import build_detr, postprocess
+from detectors.detr.training import SetCriterion
+from detectors.detr.training.fast_losses import FocalSetCriterion, group_set_loss
 
 CLASSES = ("rectangle", "ellipse", "triangle")
 _PLAIN = {"d_model": 128, "num_heads": 8, "enc_layers": 2, "dec_layers": 3, "dim_feedforward": 512}

@@ -89,9 +89,10 @@ def main() -> None:
     parser.add_argument("--skip-baseline", action="store_true")
     args = parser.parse_args()
 
-    from fusion.scoring.annotations import load_annotations
-    from fusion.scoring.evaluate import STAT_KEYS, evaluate, resolve_backend
-    from fusion.scoring.fuse_files import fuse_files, fuse_predictions, load_member_files
+    from fusion.coco.annotations import load_annotations
+    from fusion.coco.evaluate import STAT_KEYS, evaluate, resolve_backend
+    from fusion.pipeline import fuse_predictions
+    from fusion.scoring.fuse_files import fuse_files, load_member_files
     from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
     folder = Path(tempfile.mkdtemp(prefix="scoring_speed_"))
@@ -150,7 +151,7 @@ def main() -> None:
         print(
             f"\nspeed-up end to end: {total / ours:.1f}x (target >= 20x); fuse step {t_wbf / t_fuse_ours:.1f}x"
         )
-        from fusion.scoring.predictions import Predictions
+        from fusion.coco.predictions import Predictions
 
         # The evaluator alone: our evaluation of the BASELINE's fused records must equal pycocotools' to the bit.
         theirs = evaluate(gt, Predictions.from_records(base_fused), args.backend).stats

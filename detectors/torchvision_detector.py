@@ -26,6 +26,7 @@ from detectors.labels import label_lookup, map_labels
 from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.detector import Detector, ImageBatch, MemberConfig
+from fusion.training.trainable import Trainable
 
 __all__ = ["MODELS", "TorchvisionDetector", "hub_checkpoint_dir", "load_state_dict_file"]
 
@@ -170,6 +171,13 @@ class TorchvisionDetector(Detector):
     """
 
     Config = TorchvisionConfig
+
+    @classmethod
+    def trainable(cls, config: TorchvisionConfig, class_map: ClassMap, device: torch.device) -> Trainable:
+        """The model trained with torchvision's own losses (see :mod:`detectors.torchvision_training`)."""
+        from detectors.torchvision_training import TorchvisionTrainable
+
+        return TorchvisionTrainable(config, class_map, device)
 
     def __init__(self, config: TorchvisionConfig, class_map: ClassMap, device: torch.device | str) -> None:
         super().__init__(config, class_map, torch.device(device))

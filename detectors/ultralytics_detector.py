@@ -26,6 +26,7 @@ from fusion.classes import ClassMap
 from fusion.detections import Detections
 from fusion.detector import Detector, ImageBatch, MemberConfig
 from fusion.interop import from_ultralytics
+from fusion.training import Trainable
 
 __all__ = ["UltralyticsDetector", "import_ultralytics", "resolve_model_file"]
 
@@ -154,6 +155,13 @@ class UltralyticsDetector(Detector):
         }
         if config.half and self.device.type == "cuda":
             self._args["half"] = True  # only when asked: ultralytics 8.4 warns about the argument itself
+
+    @classmethod
+    def trainable(cls, config: UltralyticsConfig, class_map: ClassMap, device: torch.device) -> Trainable:
+        """ultralytics' own trainer on the member's model YAML (see :mod:`detectors.ultralytics_training`)."""
+        from detectors.ultralytics_training import UltralyticsTrainable
+
+        return UltralyticsTrainable(config.model, _device_arg(torch.device(device)))
 
     @staticmethod
     def to_bgr_arrays(batch: ImageBatch) -> list[Any]:

@@ -5,8 +5,10 @@ adapter. Images are converted once and shared by every member; member outputs st
 straight into the fusion policy (``fuse_batch``), with weights built from each member's ``weight`` and
 ``class_weights``. Test-time augmentation adds virtual members (see :mod:`fusion.tta`).
 
-A member's ``calibrator`` (a ``calibrators.json`` from ``fusion calibrate``) maps its raw scores to calibrated ones
-before fusion, exactly once, in :meth:`Ensemble.predict`; its TTA passes use the same calibrator. Scoring caches the
+Calibrate members -> fuse -> calibrate the fused output is the ensemble's :class:`~fusion.pipeline.Pipeline`
+(:attr:`Ensemble.pipeline`), the same object the scoring commands run column-wise. A member's ``calibrator`` (a
+``calibrators.json`` from ``fusion calibrate``) maps its raw scores to calibrated ones before fusion, exactly once;
+its TTA passes use the same calibrator. Scoring caches the
 raw member outputs and calibrates them at fusion time, so a new calibrator needs no re-run of the models. The config's
 ``fused_calibrator`` then maps the fused scores (averaging calibrated scores does not give calibrated fused scores:
 boxes several members agree on are right more often than their mean score says).
@@ -30,6 +32,7 @@ from fusion.detections import Detections
 from fusion.detector import Detector, ImageBatch
 from fusion.fuse import make_policy
 from fusion.images import load_images
+from fusion.pipeline import Calibration, Pipeline
 from fusion.policy import FusionPolicy
 from fusion.registry import DETECTORS
 from fusion.tta import Augmentation, augmentations_from_config
@@ -62,6 +65,7 @@ class Ensemble:
             then one ``<name>@<augmentation>`` per TTA augmentation (``@hflip``, ``@x1.5``, ...).
         class_map: The ensemble vocabulary; every output label is one of its contiguous indices.
         policy: The fusion policy, weights included.
+        pipeline: Calibrate members -> fuse (``policy``) -> calibrate the fused output, on the member outputs.
 
     Example:
         >>> ens = Ensemble.from_config("configs/ensembles/tiny.yaml")
@@ -96,7 +100,20 @@ class Ensemble:
         ]
         self.policy: FusionPolicy = make_policy(config.fusion, weights=self.fusion_weights())  # type: ignore[attr-defined]
         self.calibrators: dict[str, Calibrator] = self._load_calibrators()
-        self.fused_calibrator: Calibrator | None = self._load_fused_calibrator()
+        fused = self._load_fused_calibration()
+        self.fused_calibrator: Calibrator | None = fused.fused
+        self.pipeline = Pipeline(
+            self.policy,
+            Calibration(
+                self.calibrators,
+                tuple(self.class_map.names),
+                self.fused_calibrator,
+                sources=self.calibrator_files,
+                fused_fit=fused.fused_fit,
+            ),
+            self.class_map,
+        )
+        self.pipeline.check_fused_fit(f"fused_calibrator {config.fused_calibrator}")
 
     @classmethod
     def from_config(
@@ -143,16 +160,20 @@ class Ensemble:
                 raise type(exc)(f"members[{index}].calibrator ({member.name!r}): {exc}") from None
         return {name: loaded[i] for name, (i, _) in zip(self.member_names, self._passes) if i in loaded}
 
-    def _load_fused_calibrator(self) -> Calibrator | None:
+    def _load_fused_calibration(self) -> Calibration:
+        """The ``fused_calibrator`` file's fused entry and what it was fitted under (empty without one)."""
         path = self.config.fused_calibrator
         if path is None:
-            return None
-        from fusion.calibration.sets import load_fused_calibrator
-
+            return Calibration()
         try:
-            return load_fused_calibrator(path, self.class_map.names)
+            found = Calibration.from_file(path, members=False, class_names=self.class_map.names)
+            if found.fused is None:
+                raise ValueError(
+                    f"{path}: has no fused calibrator (refit with `fusion calibrate`, which fits one unless --no-fused)"
+                )
         except (ValueError, FileNotFoundError) as exc:
             raise type(exc)(f"fused_calibrator: {exc}") from None
+        return found
 
     @property
     def calibrator_files(self) -> dict[str, str]:
@@ -196,27 +217,28 @@ class Ensemble:
         Exactly once: rows are marked ``extras["calibrated"]`` and marked rows are left alone, so calibrating
         twice changes nothing. Without calibrators the input is returned as it is.
         """
-        if not self.calibrators:
-            return [list(dets) for dets in per_member]
-        from fusion.calibration.sets import apply_calibrators
-
-        named = apply_calibrators(dict(zip(self.member_names, per_member)), self.calibrators)
+        named = self.pipeline.calibrate(self._named(per_member))
         return [named[name] for name in self.member_names]
 
     def calibrate_fused(self, fused: Sequence[Detections]) -> list[Detections]:
         """The fused output's scores through ``fused_calibrator`` (re-sorted by score); unchanged without one."""
-        if self.fused_calibrator is None:
-            return list(fused)
-        from fusion.calibration.sets import calibrate_fused
-
-        return calibrate_fused(fused, self.fused_calibrator)
+        return self.pipeline.calibrate_fused(fused)
 
     def fuse(self, per_member: Sequence[Sequence[Detections]]) -> list[Detections]:
         """Fuse ``per_member[m][i]`` into one :class:`Detections` per image (the policy's ``fuse_batch``)."""
-        if not per_member:
-            return []
-        per_image = [list(dets) for dets in zip(*per_member)]
-        return self.policy.fuse_batch(per_image)
+        return self.pipeline.fuse(self._named(per_member))
+
+    def _named(self, per_member: Sequence[Sequence[Detections]]) -> dict[str, Sequence[Detections]]:
+        if len(per_member) != len(self.member_names):
+            raise ValueError(
+                f"{len(per_member)} members' detections given; this ensemble fuses {len(self.member_names)}: "
+                f"{self.member_names}"
+            )
+        return dict(zip(self.member_names, per_member))
+
+    def predict_batch(self, batch: ImageBatch) -> list[Detections]:
+        """Fused detections of one loaded batch: the members, then :attr:`pipeline` (what :meth:`predict` runs)."""
+        return self.pipeline(self._named(self.run_members(batch)))
 
     # ------------------------------------------------------------------ public API
     def _chunks(self, images: Any, image_ids: Sequence[int | str] | None) -> Iterator[ImageBatch]:
@@ -254,7 +276,7 @@ class Ensemble:
         """
         fused: list[Detections] = []
         for batch in self._chunks(images, image_ids):
-            fused.extend(self.calibrate_fused(self.fuse(self.calibrate(self.run_members(batch)))))
+            fused.extend(self.predict_batch(batch))
         return fused
 
     def predict_members(

@@ -1,10 +1,11 @@
-"""Files and run folders: atomic writes and ``runs/<verb>/<name>`` output directories."""
+"""Files and run folders: atomic writes and ``runs/<verb>/<name>`` output directories, held by one process at a time."""
 
 from __future__ import annotations
 
 import gc
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,13 +15,30 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "RunLockedError",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "atomic_write_yaml",
+    "check_run_name",
+    "lock_run_dir",
     "paused_gc",
     "run_dir",
 ]
+
+# Open lock files of the run folders this process holds, by resolved path (released when the process exits).
+_HELD_LOCKS: dict[Path, int] = {}
+
+
+class RunLockedError(RuntimeError):
+    """Another process is writing the same run folder."""
+
+
+def _file_mode() -> int:
+    """The mode a plain ``open()`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 @contextmanager
@@ -45,6 +63,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(
+            fd, _file_mode()
+        )  # mkstemp creates 0600; a result file is as readable as any other the user writes
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
@@ -68,22 +89,77 @@ def atomic_write_yaml(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
 
 
-def run_dir(verb: str, name: str, root: str | Path = "runs", exist_ok: bool = False) -> Path:
-    """Create and return ``<root>/<verb>/<name>``.
+def check_run_name(name: str, where: str = "name") -> str:
+    """``name`` if it is a plain folder name (no path separator, not ``.``/``..``); ``ValueError`` otherwise."""
+    if not isinstance(name, str) or not name or name in (".", "..") or re.search(r"[/\\\x00]", name):
+        raise ValueError(
+            f"{where} {name!r} is not a plain folder name: it must be non-empty, not '.' or '..', and contain "
+            "no '/' or '\\' (runs are written under runs/<verb>/<name>)"
+        )
+    return name
+
+
+def lock_run_dir(path: str | Path) -> Path:
+    """Hold ``path`` for this process until it exits; ``RunLockedError`` at once if another process holds it.
+
+    The lock is an ``fcntl.flock`` on ``<path>/.lock``: the kernel releases it when the process ends, also by
+    ``kill -9``, so a crashed run never leaves a stale lock. Re-locking a folder this process holds is a no-op.
+    """
+    import fcntl
+
+    path = Path(path)
+    key = path.resolve()
+    if key in _HELD_LOCKS:
+        return path
+    fd = os.open(path / ".lock", os.O_RDWR | os.O_CREAT, _file_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"{path} is in use by another run (pid {holder}); wait for it to finish or choose another --name"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    _HELD_LOCKS[key] = fd
+    return path
+
+
+def run_dir(
+    verb: str, name: str, root: str | Path = "runs", exist_ok: bool = False, lock: bool = True
+) -> Path:
+    """Create and return ``<root>/<verb>/<name>``, locked for this process (see :func:`lock_run_dir`).
 
     Args:
         verb: The command (``predict``, ``score``, ``fuse``, ...).
-        name: The run name; when the folder exists and ``exist_ok`` is False, ``name2``, ``name3``, ... is used
-            instead (ultralytics' habit), so earlier results are never overwritten.
+        name: The run name, a plain folder name; when the folder exists and ``exist_ok`` is False, ``name2``,
+            ``name3``, ... is used instead (ultralytics' habit), so earlier results are never overwritten.
         root: Where runs live.
         exist_ok: Reuse an existing folder (needed to resume an interrupted run).
+        lock: Hold the folder for this process, so that a second run of the same name fails at once instead of
+            writing into the same files.
+
+    Raises:
+        ValueError: ``name`` is not a plain folder name, or ``root`` is not a folder.
+        PermissionError: the folder cannot be created or written (said before any work is done).
+        RunLockedError: another process holds the folder.
     """
+    check_run_name(name)
     base = Path(root) / verb
+    for parent in (Path(root), base):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write runs under {parent}: it is a file, not a folder")
     candidate = base / name
     if not exist_ok:
         suffix = 2
         while candidate.exists():
             candidate = base / f"{name}{suffix}"
             suffix += 1
-    candidate.mkdir(parents=True, exist_ok=True)
-    return candidate
+    try:
+        candidate.mkdir(parents=True, exist_ok=True)
+    except PermissionError:
+        raise PermissionError(f"cannot create the run folder {candidate}: permission denied") from None
+    if not os.access(candidate, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into the run folder {candidate}: permission denied")
+    return lock_run_dir(candidate) if lock else candidate

@@ -17,7 +17,7 @@ checkpoints store their class names in the YAML beside the weights (logit ``i`` 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import torch
 from pydantic import Field
@@ -32,6 +32,9 @@ from .model import PRESETS
 from .postprocess import postprocess
 from .preprocess import nested_batch, resize_shorter_side
 
+if TYPE_CHECKING:
+    from fusion.training.trainable import Trainable
+
 __all__ = ["DetrDetector", "DetrMemberConfig"]
 
 
@@ -40,8 +43,13 @@ class DetrMemberConfig(MemberConfig):
 
     Attributes:
         checkpoint: An official facebookresearch/detr ``.pth`` or one of our ``.safetensors`` (with its ``.yaml``).
-        model: Architecture of a ``.pth`` (a :data:`~detectors.detr.model.PRESETS` name); ignored for safetensors,
-            whose YAML gives the architecture.
+            Required to predict; unset only to train a fresh model (``fusion train``).
+        model: Architecture of a ``.pth`` or of a fresh model (a :data:`~detectors.detr.model.PRESETS` name);
+            ignored for safetensors, whose YAML gives the architecture.
+        arch: :class:`~detectors.detr.model.DetrConfig` overrides of ``model`` for a ``.pth`` or a fresh model
+            (e.g. ``{num_queries: 20, dropout: 0.0}``).
+        loss: Set-criterion settings when training: ``eos_coef``, ``weight_ce``, ``weight_bbox``, ``weight_giou``,
+            ``mixing_weight``, ``mixing_lambda`` and the matcher's ``cost_class``, ``cost_bbox``, ``cost_giou``.
         num_classes: Class logits (without no-object) of a ``.pth`` (official: 91).
         classes: Vocabulary of the checkpoint's logits: a shipped name (``coco91``), a class-list YAML path or a
             list of names (logit ``i`` = name ``i``). Default: ``coco91`` for ``.pth``, the YAML's list otherwise.
@@ -54,8 +62,10 @@ class DetrMemberConfig(MemberConfig):
     """
 
     type: Literal["detr"] = "detr"
-    checkpoint: str
+    checkpoint: str | None = None
     model: str = "detr_resnet50"
+    arch: dict[str, Any] = Field(default_factory=dict)
+    loss: dict[str, float] = Field(default_factory=dict)
     num_classes: int = Field(91, ge=1)
     classes: str | list[str] | None = None
     drop_classes: list[str] = Field(default_factory=list)
@@ -73,14 +83,16 @@ class DetrDetector(Detector):
 
     def __init__(self, config: DetrMemberConfig, class_map: ClassMap, device: torch.device) -> None:
         super().__init__(config, class_map, device)
-        path = Path(config.checkpoint)
         where = f"member {config.name!r}: checkpoint"
+        if config.checkpoint is None:
+            raise ValueError(f"{where} is required to predict (only a model to train may start without one)")
+        path = Path(config.checkpoint)
         if path.suffix == ".pth":
             if config.model not in PRESETS:
                 raise ValueError(
                     f"member {config.name!r}: model must be one of {sorted(PRESETS)}, got {config.model!r}"
                 )
-            model = load_official(path, config.model, config.num_classes).eval()
+            model = load_official(path, config.model, config.num_classes, **config.arch).eval()
             saved_classes = None
         elif path.suffix == ".safetensors":
             model, saved_classes = load_checkpoint(path)
@@ -94,6 +106,18 @@ class DetrDetector(Detector):
                 f"member {config.name!r}: class ids up to {max(source.ids)} but the model has {num_logits} class logits"
             )
         self.lookup = label_lookup(source, class_map, config.drop_classes, config.name).to(self.device)
+
+    @classmethod
+    def trainable(cls, config: MemberConfig, class_map: ClassMap, device: torch.device) -> Trainable:
+        """A :class:`~detectors.detr.training.trainable.DetrTrainable`: set-criterion losses, export as a member.
+
+        The training room is imported here, not at module level, so inference never loads it.
+        """
+        from .training.trainable import DetrTrainable, build_criterion, build_trainable_model
+
+        cfg = cast(DetrMemberConfig, config)
+        criterion = build_criterion(cfg, len(class_map))
+        return DetrTrainable(build_trainable_model(cfg, class_map), class_map, criterion, device, cfg)
 
     @staticmethod
     def _source_classes(config: DetrMemberConfig, saved: list[str] | None, suffix: str) -> ClassMap:

@@ -1,12 +1,10 @@
-"""Cal-DETR (Munir et al., NeurIPS 2023): uncertainty from the decoder layers, logit modulation, logit mixing.
+"""Cal-DETR (Munir et al., NeurIPS 2023), inference half: uncertainty from the decoder layers, logit modulation.
 
 * Uncertainty: ``u = Var_l(z_l)`` — the variance of each query's class logits over the ``L`` decoder layers
   (population variance, i.e. the mean squared deviation over layers), ``[B, Q, C+1]``.
 * Modulation (inference and training): ``z' = z_L · (1 − tanh(u))`` — uncertain logits shrink towards 0.
-* Logit mixing (training regulariser): over the matched (positive) queries of the last layer,
-  ``z̃_i = λ·z_i + (1 − λ)·z̄`` with ``z̄`` the mean positive logit (the prototype); the soft target is
-  ``λ·onehot(y_i) + (1 − λ)·mean_j onehot(y_j)``; loss = soft-target cross-entropy, weight 0.5, λ = 0.9.
-  DETR uses softmax CE, so this uses softmax CE as well (the paper's Deformable-DETR variant uses focal loss).
+* Logit mixing (training regulariser) lives with the other losses in
+  :mod:`detectors.detr.training.logit_mixing`.
 
 Everything is off by default (``DetrConfig.uncertainty_modulation``, ``SetCriterion(mixing_weight=...)``).
 
@@ -21,10 +19,9 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["layer_logits", "logit_mixing_loss", "modulate_logits", "query_uncertainty"]
+__all__ = ["layer_logits", "modulate_logits", "query_uncertainty"]
 
 
 def layer_logits(outputs: Mapping[str, Any]) -> Tensor:
@@ -53,23 +50,3 @@ def query_uncertainty(logits: Tensor | Mapping[str, Any]) -> Tensor:
 def modulate_logits(logits: Tensor, uncertainty: Tensor) -> Tensor:
     """Cal-DETR's uncertainty-guided modulation ``z · (1 − tanh(u))`` (NOT the released code's ``z − tanh(u)``)."""
     return logits * (1 - torch.tanh(uncertainty))
-
-
-def logit_mixing_loss(pos_logits: Tensor, pos_labels: Tensor, lam: float = 0.9) -> Tensor:
-    """Cal-DETR's logit-mixing regulariser over the positive (matched) queries.
-
-    Args:
-        pos_logits: Logits of the matched queries ``[P, C+1]``.
-        pos_labels: Their ground-truth classes ``[P]``.
-        lam: Mixing coefficient λ (paper: 0.9).
-
-    Returns:
-        Scalar soft-target cross-entropy of the mixed logits (0 when there are no positives).
-    """
-    if pos_logits.shape[0] == 0:
-        return pos_logits.sum() * 0.0
-    prototype = pos_logits.mean(0, keepdim=True)
-    mixed = lam * pos_logits + (1 - lam) * prototype
-    onehot = F.one_hot(pos_labels.long(), pos_logits.shape[-1]).to(pos_logits.dtype)
-    target = lam * onehot + (1 - lam) * onehot.mean(0, keepdim=True)
-    return -(target * F.log_softmax(mixed.float(), dim=-1)).sum(-1).mean()

@@ -13,11 +13,13 @@ Plots (matplotlib) live in :mod:`fusion.calibration.plots`, imported on demand.
 
 from fusion.calibration.calibrators import (
     CALIBRATORS,
+    BetaCalibrator,
     Calibrator,
     HistogramCalibrator,
     IsotonicCalibrator,
     TemperatureCalibrator,
     fit_calibrator,
+    introduced_ties,
 )
 from fusion.calibration.dece import (
     CalibrationProtocol,
@@ -39,6 +41,7 @@ from fusion.calibration.sets import (
 
 __all__ = [
     "CALIBRATORS",
+    "BetaCalibrator",
     "CalibrationProtocol",
     "Calibrator",
     "CalibratorSet",
@@ -57,6 +60,7 @@ __all__ = [
     "fit_calibrator_set",
     "fit_member_calibrator",
     "ground_truth_from_coco",
+    "introduced_ties",
     "load_member_calibrator",
     "match_detections",
     "match_image",

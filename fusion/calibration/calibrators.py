@@ -1,201 +1,75 @@
 """Post-hoc score calibrators: monotone maps ``score -> P(detection is correct)``, per member, optionally per class.
 
-Three methods, all monotone non-decreasing in the score (so they never reorder one member's detections of a class):
+Four methods, all monotone in the score (so they never reorder one member's detections of a class), three of them
+strictly increasing (so they introduce no ties, which would change COCO AP):
 
 * ``temperature`` (Platt scaling on the logit): ``sigmoid(a * logit(s) + b)`` with ``a >= 0``, fitted by minimising
   the binary NLL with ``scipy.optimize.minimize`` (L-BFGS-B);
-* ``isotonic``: pool-adjacent-violators (``scipy.optimize.isotonic_regression``) on the scores, applied by linear
-  interpolation between the fitted block ends, constant outside the fitted range (as scikit-learn does);
+* ``beta`` (Kull et al., AISTATS 2017): ``sigmoid(a * ln s - b * ln(1 - s) + c)`` with ``a, b >= 0``: the logistic
+  family that also bends at both ends (temperature scaling is its ``a = b`` case);
+* ``isotonic``: pool-adjacent-violators (``scipy.optimize.isotonic_regression``), each constant block smoothed
+  towards the overall precision by a pseudo-count and pooled again, then one knot per block at its score centroid,
+  interpolated linearly: strictly increasing between the knots (a plain PAV step function turns most scores into
+  ties), with tails of 1 % slope beyond them;
 * ``histogram``: equal-width bins over ``[0, 1]``, each mapped to its precision; the bin values are then made
   monotone by a count-weighted isotonic fit (plain histogram binning is not monotone).
 
-A calibrator has one ``default`` curve (fitted on all classes) and optional ``per_class`` curves keyed by the
-ensemble's contiguous label; labels without their own curve use the default. It is data only: ``to_json`` /
-``from_json`` round-trip exactly (Python floats survive JSON unchanged), never pickle. ``apply`` is vectorised on the
-scores' device.
+A calibrator is data only: ``to_json`` / ``from_json`` round-trip exactly (Python floats survive JSON unchanged),
+never pickle. ``apply`` is vectorised on the scores' device.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fusion.calibration.base import MIN_PER_CLASS, Calibrator, check_floats, isotonic_fit
+
 __all__ = [
     "CALIBRATORS",
+    "MIN_PER_CLASS",
+    "BetaCalibrator",
     "Calibrator",
     "HistogramCalibrator",
     "IsotonicCalibrator",
     "TemperatureCalibrator",
     "fit_calibrator",
+    "introduced_ties",
 ]
 
 _EPS = 1e-6
-# Classes with fewer matched detections (or without both outcomes) fall back to the default curve.
-MIN_PER_CLASS = 30
+# Slope of the isotonic curve's tails, as a fraction of the distance to 0 (below) or 1 (above): keeps the ranking
+# of scores beyond the outermost knots without moving their calibration by more than 1 %.
+TAIL_SLOPE = 0.01
 
 
-def _isotonic(y: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    from scipy.optimize import isotonic_regression
+def _logistic_nll(features: np.ndarray, is_tp: np.ndarray, start: np.ndarray, bounds: list) -> np.ndarray:
+    """Parameters ``p`` minimising the binary NLL of ``sigmoid(features @ p)`` (L-BFGS-B within ``bounds``)."""
+    from scipy.optimize import minimize
 
-    return np.asarray(isotonic_regression(y, weights=weights, increasing=True).x, dtype=np.float64)
+    def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
+        t = features @ params
+        # log(1 + exp(t)) - y * t, stable; its gradient is (sigmoid(t) - y) * dt
+        loss = np.logaddexp(0.0, t) - is_tp * t
+        g = 1.0 / (1.0 + np.exp(-t)) - is_tp
+        return float(loss.mean()), features.T @ g / len(g)
 
-
-class Calibrator(ABC):
-    """A fitted monotone score map; subclasses hold one parameter dict per curve (``default`` and ``per_class``)."""
-
-    method: ClassVar[str]
-
-    def __init__(
-        self, default: Mapping[str, Any], per_class: Mapping[int, Mapping[str, Any]] | None = None
-    ) -> None:
-        self.default: dict[str, Any] = self._check(dict(default), "default")
-        self.per_class: dict[int, dict[str, Any]] = {
-            int(k): self._check(dict(v), f"per_class[{k}]") for k, v in (per_class or {}).items()
-        }
-        if any(k < 0 for k in self.per_class):
-            raise ValueError(
-                f"{self.method} calibrator: per_class labels must be >= 0, got {sorted(self.per_class)}"
-            )
-        self._cache: dict[torch.device, Any] = {}
-
-    # ------------------------------------------------------------------ fitting
-    @classmethod
-    def fit(
-        cls,
-        scores: Any,
-        is_tp: Any,
-        labels: Any = None,
-        per_class: bool = False,
-        min_per_class: int = MIN_PER_CLASS,
-        **options: Any,
-    ) -> Calibrator:
-        """Fit on matched pairs: ``scores`` ``[N]``, ``is_tp`` ``[N]`` (bool or 0/1), ``labels`` ``[N]`` when ``per_class``."""
-        s = np.asarray(torch.as_tensor(scores).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
-        y = np.asarray(torch.as_tensor(is_tp).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
-        if len(s) != len(y):
-            raise ValueError(f"{cls.method} calibrator: {len(s)} scores but {len(y)} is_tp values")
-        if len(s) == 0:
-            raise ValueError(f"{cls.method} calibrator: no matched detections to fit on")
-        if not np.isfinite(s).all():
-            raise ValueError(
-                f"{cls.method} calibrator: score[{int(np.flatnonzero(~np.isfinite(s))[0])}] is not finite"
-            )
-        default = cls._fit_curve(s, y, **options)
-        curves: dict[int, dict[str, Any]] = {}
-        if per_class:
-            if labels is None:
-                raise ValueError(f"{cls.method} calibrator: per_class fitting needs labels")
-            lab = torch.as_tensor(labels).detach().cpu().long().numpy().reshape(-1)
-            if len(lab) != len(s):
-                raise ValueError(f"{cls.method} calibrator: {len(s)} scores but {len(lab)} labels")
-            for label in np.unique(lab):
-                rows = lab == label
-                positives = y[rows].sum()
-                if rows.sum() >= min_per_class and 0 < positives < rows.sum():
-                    curves[int(label)] = cls._fit_curve(s[rows], y[rows], **options)
-        return cls(default, curves)
-
-    @classmethod
-    @abstractmethod
-    def _fit_curve(cls, scores: np.ndarray, is_tp: np.ndarray, **options: Any) -> dict[str, Any]:
-        """One curve's parameters (plain Python floats / lists) from float64 scores and 0/1 targets."""
-
-    @classmethod
-    @abstractmethod
-    def _check(cls, curve: dict[str, Any], where: str) -> dict[str, Any]:
-        """Validate a curve's parameters; ``ValueError`` naming ``where`` otherwise."""
-
-    # ------------------------------------------------------------------ applying
-    def rows_of(self, labels: Tensor) -> Tensor:
-        """Curve row of each label: 0 = default, ``1 + i`` = the i-th per-class curve (sorted by label)."""
-        classes = sorted(self.per_class)
-        if not classes:
-            return torch.zeros_like(labels, dtype=torch.int64)
-        table = torch.zeros(classes[-1] + 1, dtype=torch.int64, device=labels.device)
-        table[torch.tensor(classes, device=labels.device)] = torch.arange(
-            1, len(classes) + 1, device=labels.device
-        )
-        labels = labels.long()
-        inside = (labels >= 0) & (labels < table.numel())
-        return torch.where(inside, table[labels.clamp(0, table.numel() - 1)], torch.zeros_like(labels))
-
-    def curves(self) -> list[dict[str, Any]]:
-        """The curves in row order (see :meth:`rows_of`)."""
-        return [self.default] + [self.per_class[k] for k in sorted(self.per_class)]
-
-    def apply(self, scores: Tensor, labels: Tensor | None = None) -> Tensor:
-        """Calibrated scores: float32 ``[N]`` on ``scores``' device, from ``scores`` ``[N]`` and ``labels`` ``[N]``."""
-        if scores.ndim != 1:
-            raise ValueError(f"scores must be [N], got shape {list(scores.shape)}")
-        if labels is None:
-            labels = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
-        if labels.shape != scores.shape:
-            raise ValueError(f"labels {list(labels.shape)} must match scores {list(scores.shape)}")
-        if scores.numel() == 0:
-            return scores.to(torch.float32).clone()
-        rows = self.rows_of(labels.to(scores.device))
-        return self._apply(scores.to(torch.float64), rows).to(torch.float32)
-
-    @abstractmethod
-    def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:
-        """float64 scores ``[N]`` and curve rows ``[N]`` -> float64 calibrated scores."""
-
-    def _tables(self, device: torch.device, build: Any) -> Any:
-        if device not in self._cache:
-            self._cache[device] = build(device)
-        return self._cache[device]
-
-    # ------------------------------------------------------------------ data
-    def to_json(self) -> dict[str, Any]:
-        """JSON-ready data: ``{"method", "default", "per_class": {"<label>": curve}}``."""
-        return {
-            "method": self.method,
-            "default": self.default,
-            "per_class": {str(k): self.per_class[k] for k in sorted(self.per_class)},
-        }
-
-    @staticmethod
-    def from_json(data: Mapping[str, Any]) -> Calibrator:
-        """Rebuild any calibrator from :meth:`to_json` data; ``ValueError`` for an unknown method or bad field."""
-        if not isinstance(data, Mapping) or "method" not in data or "default" not in data:
-            raise ValueError("calibrator JSON must be an object with 'method' and 'default'")
-        method = data["method"]
-        if method not in CALIBRATORS:
-            raise ValueError(f"unknown calibrator method {method!r}; known: {sorted(CALIBRATORS)}")
-        per_class = data.get("per_class") or {}
-        try:
-            per_class = {int(k): v for k, v in per_class.items()}
-        except (TypeError, ValueError, AttributeError):
-            raise ValueError(
-                f"{method} calibrator: per_class keys must be integer labels, got {list(per_class)}"
-            ) from None
-        return CALIBRATORS[method](data["default"], per_class)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Calibrator) and self.to_json() == other.to_json()
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(per_class={len(self.per_class)} classes)"
+    return minimize(nll, start, jac=True, method="L-BFGS-B", bounds=bounds).x
 
 
-def _floats(curve: dict[str, Any], key: str, where: str, method: str) -> list[float]:
-    value = curve.get(key)
-    if (
-        not isinstance(value, list)
-        or not value
-        or not all(isinstance(v, int | float) and math.isfinite(v) for v in value)
-    ):
-        raise ValueError(
-            f"{method} calibrator {where}.{key} must be a non-empty list of finite numbers, got {value!r}"
-        )
-    return [float(v) for v in value]
+def _check_numbers(curve: dict[str, Any], keys: tuple[str, ...], where: str, method: str) -> dict[str, float]:
+    out = {}
+    for key in keys:
+        value = curve.get(key)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ValueError(f"{method} calibrator {where}.{key} must be a finite number, got {value!r}")
+        out[key] = float(value)
+    return out
 
 
 class TemperatureCalibrator(Calibrator):
@@ -205,99 +79,143 @@ class TemperatureCalibrator(Calibrator):
 
     @classmethod
     def _fit_curve(cls, scores: np.ndarray, is_tp: np.ndarray, **options: Any) -> dict[str, Any]:
-        from scipy.optimize import minimize
-
-        z = np.log(np.clip(scores, _EPS, 1 - _EPS)) - np.log1p(-np.clip(scores, _EPS, 1 - _EPS))
-
-        def nll(params: np.ndarray) -> tuple[float, np.ndarray]:
-            a, b = params
-            t = a * z + b
-            # log(1 + exp(t)) - y * t, stable; its gradient is (sigmoid(t) - y) * dt
-            loss = np.logaddexp(0.0, t) - is_tp * t
-            g = 1.0 / (1.0 + np.exp(-t)) - is_tp
-            return float(loss.mean()), np.array([float((g * z).mean()), float(g.mean())])
-
-        result = minimize(
-            nll, np.array([1.0, 0.0]), jac=True, method="L-BFGS-B", bounds=[(0.0, 100.0), (-50.0, 50.0)]
-        )
-        a, b = (float(v) for v in result.x)
-        return {"a": a, "b": b}
+        s = np.clip(scores, _EPS, 1 - _EPS)
+        features = np.stack([np.log(s) - np.log1p(-s), np.ones_like(s)], 1)
+        a, b = _logistic_nll(features, is_tp, np.array([1.0, 0.0]), [(0.0, 100.0), (-50.0, 50.0)])
+        return {"a": float(a), "b": float(b)}
 
     @classmethod
     def _check(cls, curve: dict[str, Any], where: str) -> dict[str, Any]:
-        for key in ("a", "b"):
-            if not isinstance(curve.get(key), int | float) or not math.isfinite(curve[key]):
-                raise ValueError(
-                    f"temperature calibrator {where}.{key} must be a finite number, got {curve.get(key)!r}"
-                )
-        if curve["a"] < 0:
-            raise ValueError(f"temperature calibrator {where}.a must be >= 0 (monotone), got {curve['a']}")
-        return {"a": float(curve["a"]), "b": float(curve["b"])}
+        out = _check_numbers(curve, ("a", "b"), where, cls.method)
+        if out["a"] < 0:
+            raise ValueError(f"temperature calibrator {where}.a must be >= 0 (monotone), got {out['a']}")
+        return out
 
     def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:
         a, b = self._tables(
             scores.device,
-            lambda d: (
-                torch.tensor([c["a"] for c in self.curves()], dtype=torch.float64, device=d),
-                torch.tensor([c["b"] for c in self.curves()], dtype=torch.float64, device=d),
+            lambda d: tuple(
+                torch.tensor([c[k] for c in self.curves()], dtype=torch.float64, device=d) for k in "ab"
             ),
         )
         return torch.sigmoid(a[rows] * torch.logit(scores.clamp(_EPS, 1 - _EPS)) + b[rows])
 
 
+class BetaCalibrator(Calibrator):
+    """Beta calibration: ``sigmoid(a * ln s - b * ln(1 - s) + c)``, ``a, b >= 0`` (Kull et al., 2017)."""
+
+    method = "beta"
+
+    @classmethod
+    def _fit_curve(cls, scores: np.ndarray, is_tp: np.ndarray, **options: Any) -> dict[str, Any]:
+        s = np.clip(scores, _EPS, 1 - _EPS)
+        features = np.stack([np.log(s), -np.log1p(-s), np.ones_like(s)], 1)
+        bounds = [(0.0, 100.0), (0.0, 100.0), (-50.0, 50.0)]
+        a, b, c = _logistic_nll(features, is_tp, np.array([1.0, 1.0, 0.0]), bounds)
+        return {"a": float(a), "b": float(b), "c": float(c)}
+
+    @classmethod
+    def _check(cls, curve: dict[str, Any], where: str) -> dict[str, Any]:
+        out = _check_numbers(curve, ("a", "b", "c"), where, cls.method)
+        for key in ("a", "b"):
+            if out[key] < 0:
+                raise ValueError(f"beta calibrator {where}.{key} must be >= 0 (monotone), got {out[key]}")
+        return out
+
+    def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:
+        a, b, c = self._tables(
+            scores.device,
+            lambda d: tuple(
+                torch.tensor([cv[k] for cv in self.curves()], dtype=torch.float64, device=d) for k in "abc"
+            ),
+        )
+        s = scores.clamp(_EPS, 1 - _EPS)
+        return torch.sigmoid(a[rows] * torch.log(s) - b[rows] * torch.log1p(-s) + c[rows])
+
+
+def _pool_blocks(values: np.ndarray, counts: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Merge runs of equal ``values``: per run, its total count, count-weighted centre and value."""
+    run = np.cumsum(np.r_[True, values[1:] != values[:-1]]) - 1
+    n = np.bincount(run, weights=counts)
+    return n, np.bincount(run, weights=counts * centres) / n, np.bincount(run, weights=counts * values) / n
+
+
 class IsotonicCalibrator(Calibrator):
-    """Isotonic regression (PAV); curve = knots ``x`` (increasing) and ``y`` (non-decreasing), interpolated."""
+    """Smoothed isotonic regression; curve = strictly increasing knots ``x``, ``y`` and a ``tail_slope``.
+
+    Files written before ``tail_slope`` existed hold PAV block ends and apply with flat tails (``tail_slope`` 0).
+    """
 
     method = "isotonic"
 
     @classmethod
-    def _fit_curve(cls, scores: np.ndarray, is_tp: np.ndarray, **options: Any) -> dict[str, Any]:
+    def _fit_curve(
+        cls, scores: np.ndarray, is_tp: np.ndarray, prior_strength: float = 1.0, **options: Any
+    ) -> dict[str, Any]:
         xs, inverse = np.unique(scores, return_inverse=True)
-        weights = np.bincount(inverse).astype(np.float64)
-        means = np.bincount(inverse, weights=is_tp) / weights
-        fitted = _isotonic(means, weights)
-        # Keep each constant block's two ends: interpolation between them reproduces the step function's
-        # plateaus and joins consecutive blocks linearly (scikit-learn's choice).
-        change = np.r_[True, fitted[1:] != fitted[:-1]]
-        keep = change | np.r_[change[1:], True]
-        return {"x": xs[keep].tolist(), "y": fitted[keep].tolist()}
+        counts = np.bincount(inverse).astype(np.float64)
+        hits = np.bincount(inverse, weights=is_tp)
+        n, centre, precision = _pool_blocks(isotonic_fit(hits / counts, counts), counts, xs)
+        # A block's precision, shrunk towards the overall one by a pseudo-count, is never exactly 0 or 1 (so the
+        # tails can still rank); the shrinkage can reorder neighbouring blocks of unequal size, hence a 2nd pooling.
+        prior = hits.sum() / counts.sum()
+        smoothed = (precision * n + prior_strength * prior) / (n + prior_strength)
+        _, knots_x, knots_y = _pool_blocks(isotonic_fit(smoothed, n), n, centre)
+        return {"x": knots_x.tolist(), "y": knots_y.tolist(), "tail_slope": TAIL_SLOPE}
 
     @classmethod
     def _check(cls, curve: dict[str, Any], where: str) -> dict[str, Any]:
-        x, y = _floats(curve, "x", where, cls.method), _floats(curve, "y", where, cls.method)
+        x = check_floats(curve, "x", where, cls.method)
+        y = check_floats(curve, "y", where, cls.method)
         if len(x) != len(y):
             raise ValueError(f"isotonic calibrator {where}: {len(x)} x knots but {len(y)} y values")
         if any(b <= a for a, b in itertools.pairwise(x)):
             raise ValueError(f"isotonic calibrator {where}.x must be strictly increasing")
         if any(b < a for a, b in itertools.pairwise(y)):
             raise ValueError(f"isotonic calibrator {where}.y must be non-decreasing (monotone)")
-        return {"x": x, "y": y}
+        slope = _check_numbers(
+            {"tail_slope": curve.get("tail_slope", 0.0)}, ("tail_slope",), where, cls.method
+        )
+        if not 0 <= slope["tail_slope"] <= 1:
+            raise ValueError(
+                f"isotonic calibrator {where}.tail_slope must be in [0, 1], got {slope['tail_slope']}"
+            )
+        return {"x": x, "y": y, **({"tail_slope": slope["tail_slope"]} if "tail_slope" in curve else {})}
+
+    def _build(self, device: torch.device) -> tuple[Any, ...]:
+        curves = self.curves()
+        # All curves in one sorted array, curve r shifted by span * r, so one searchsorted serves every row.
+        lengths = torch.tensor([len(c["x"]) for c in curves], device=device)
+        starts = torch.cumsum(lengths, 0) - lengths
+
+        def column(values: list[float]) -> Tensor:
+            return torch.tensor(values, dtype=torch.float64, device=device)
+
+        x = column([v for c in curves for v in c["x"]])
+        y = column([v for c in curves for v in c["y"]])
+        span = float(x.max() - x.min()) + 1.0
+        shift = span * torch.repeat_interleave(
+            torch.arange(len(curves), device=device, dtype=torch.float64), lengths
+        )
+        ends = [column([c[k][i] for c in curves]) for k in ("x", "y") for i in (0, -1)]
+        slope = column([c.get("tail_slope", 0.0) for c in curves])
+        return x + shift, y, starts, lengths, *ends, slope, span
 
     def _apply(self, scores: Tensor, rows: Tensor) -> Tensor:
-        def build(device: torch.device) -> tuple[Tensor, ...]:
-            curves = self.curves()
-            # All curves in one sorted array, curve r shifted by OFFSET * r, so one searchsorted serves every row.
-            lengths = torch.tensor([len(c["x"]) for c in curves], device=device)
-            starts = torch.cumsum(lengths, 0) - lengths
-            x = torch.tensor([v for c in curves for v in c["x"]], dtype=torch.float64, device=device)
-            y = torch.tensor([v for c in curves for v in c["y"]], dtype=torch.float64, device=device)
-            span = float(x.max() - x.min()) + 1.0
-            shift = span * torch.repeat_interleave(
-                torch.arange(len(curves), device=device, dtype=torch.float64), lengths
-            )
-            lo = torch.tensor([c["x"][0] for c in curves], dtype=torch.float64, device=device)
-            hi = torch.tensor([c["x"][-1] for c in curves], dtype=torch.float64, device=device)
-            return x + shift, y, starts, lengths, lo, hi, span
-
-        x, y, starts, lengths, lo, hi, span = self._tables(scores.device, build)
-        q = torch.minimum(torch.maximum(scores, lo[rows]), hi[rows]) + span * rows.to(torch.float64)
+        x, y, starts, lengths, lo, hi, y_lo, y_hi, slope, span = self._tables(scores.device, self._build)
+        lo, hi, y_lo, y_hi, slope = lo[rows], hi[rows], y_lo[rows], y_hi[rows], slope[rows]
+        q = torch.minimum(torch.maximum(scores, lo), hi) + span * rows.to(torch.float64)
         first, last = starts[rows], starts[rows] + lengths[rows] - 1
         upper = torch.minimum(torch.maximum(torch.searchsorted(x, q), first), last)
         lower = torch.maximum(upper - 1, first)
         x0, x1, y0, y1 = x[lower], x[upper], y[lower], y[upper]
         width = x1 - x0
         t = torch.where(width > 0, (q - x0) / width.clamp(min=1e-300), torch.ones_like(q))
-        return y0 + t.clamp(0, 1) * (y1 - y0)
+        inside = y0 + t.clamp(0, 1) * (y1 - y0)
+        s = scores.clamp(0, 1)
+        below = y_lo - slope * y_lo * (lo - s) / lo.clamp(min=1e-300)
+        above = y_hi + slope * (1 - y_hi) * (s - hi) / (1 - hi).clamp(min=1e-300)
+        return torch.where(s < lo, below, torch.where(s > hi, above, inside))
 
 
 class HistogramCalibrator(Calibrator):
@@ -314,7 +232,7 @@ class HistogramCalibrator(Calibrator):
         hits = np.bincount(index, weights=is_tp, minlength=bins)
         filled = counts > 0
         values = np.empty(bins)
-        values[filled] = _isotonic(hits[filled] / counts[filled], counts[filled])
+        values[filled] = isotonic_fit(hits[filled] / counts[filled], counts[filled])
         # Empty bins take the value of the nearest filled bin below (or above, at the start): still monotone.
         position = np.maximum.accumulate(np.where(filled, np.arange(bins), -1))
         first = int(np.flatnonzero(filled)[0])
@@ -323,7 +241,7 @@ class HistogramCalibrator(Calibrator):
 
     @classmethod
     def _check(cls, curve: dict[str, Any], where: str) -> dict[str, Any]:
-        values = _floats(curve, "values", where, cls.method)
+        values = check_floats(curve, "values", where, cls.method)
         if any(b < a for a, b in itertools.pairwise(values)):
             raise ValueError(f"histogram calibrator {where}.values must be non-decreasing (monotone)")
         return {"values": values}
@@ -341,14 +259,32 @@ class HistogramCalibrator(Calibrator):
 
 
 CALIBRATORS: dict[str, type[Calibrator]] = {
-    c.method: c for c in (TemperatureCalibrator, IsotonicCalibrator, HistogramCalibrator)
+    c.method: c for c in (TemperatureCalibrator, BetaCalibrator, IsotonicCalibrator, HistogramCalibrator)
 }
 
 
 def fit_calibrator(
     method: str, scores: Any, is_tp: Any, labels: Any = None, per_class: bool = False, **options: Any
 ) -> Calibrator:
-    """Fit a calibrator by method name (``temperature``, ``isotonic``, ``histogram``) on matched pairs."""
+    """Fit a calibrator by method name (``temperature``, ``beta``, ``isotonic``, ``histogram``) on matched pairs."""
     if method not in CALIBRATORS:
         raise ValueError(f"unknown calibration method {method!r}; choose one of {sorted(CALIBRATORS)}")
     return CALIBRATORS[method].fit(scores, is_tp, labels, per_class=per_class, **options)
+
+
+def introduced_ties(raw: Tensor, calibrated: Tensor, labels: Tensor | None = None) -> int:
+    """How many distinct raw scores of a class a calibration merged into an already taken calibrated value.
+
+    COCO AP ranks detections per class, so a tie between two classes costs nothing; one inside a class can.
+
+    Args:
+        raw: ``[N]`` scores before calibration.
+        calibrated: ``[N]`` the same detections' calibrated scores.
+        labels: ``[N]`` class labels (all one class when omitted).
+    """
+    if labels is None:
+        labels = torch.zeros_like(raw, dtype=torch.int64)
+    labels = labels.to(torch.float64)
+    before = torch.unique(torch.stack([labels, raw.to(torch.float64)], 1), dim=0).shape[0]
+    after = torch.unique(torch.stack([labels, calibrated.to(torch.float64)], 1), dim=0).shape[0]
+    return int(before - after)

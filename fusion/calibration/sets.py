@@ -6,7 +6,8 @@ File format (data only)::
      "classes": ["person", ...],          # the vocabulary the per-class labels index
      "protocol": {"iou_thr": 0.5, ...},   # how TPs were defined when fitting
      "members": {"yolo": {"method": "isotonic", "default": {...}, "per_class": {...}}, ...},
-     "fused": null}                        # or a calibrator of the fused output (applied after fusion)
+     "fused": null,                        # or a calibrator of the fused output (applied after fusion)
+     "fused_fit": {"policy": {"type": "wbf", ...}, "members": ["yolo", ...]}}   # what "fused" was fitted under
 
 A member config references it with ``calibrator: <path>``; the entry under the member's name is used.
 
@@ -54,6 +55,8 @@ class CalibratorSet(Mapping[str, Calibrator]):
         fused: Optional calibrator of the FUSED output, fitted on the calibrated members' fusion (applied after
             fusion). Averaging calibrated member scores (WBF ``avg``) does not give calibrated fused scores: boxes
             that several members agree on are right more often than their mean score says.
+        fused_fit: What ``fused`` was fitted under: ``{"policy": resolved policy params, "members": [names in
+            fusion order]}``; applying it under another policy warns (:meth:`fusion.pipeline.Pipeline.check_fused_fit`).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class CalibratorSet(Mapping[str, Calibrator]):
         classes: Sequence[str] | None = None,
         protocol: Mapping[str, Any] | None = None,
         fused: Calibrator | None = None,
+        fused_fit: Mapping[str, Any] | None = None,
     ) -> None:
         for name, calibrator in calibrators.items():
             if not isinstance(calibrator, Calibrator):
@@ -74,6 +78,7 @@ class CalibratorSet(Mapping[str, Calibrator]):
         if fused is not None and not isinstance(fused, Calibrator):
             raise ValueError(f"CalibratorSet: fused must be a Calibrator, got {type(fused).__name__}")
         self.fused = fused
+        self.fused_fit: dict[str, Any] | None = dict(fused_fit) if fused_fit is not None else None
 
     def __getitem__(self, name: str) -> Calibrator:
         try:
@@ -97,6 +102,7 @@ class CalibratorSet(Mapping[str, Calibrator]):
             "protocol": self.protocol,
             "members": {name: c.to_json() for name, c in self._calibrators.items()},
             "fused": self.fused.to_json() if self.fused is not None else None,
+            "fused_fit": self.fused_fit,
         }
 
     @classmethod
@@ -122,7 +128,10 @@ class CalibratorSet(Mapping[str, Calibrator]):
                 fused = Calibrator.from_json(fused)
             except ValueError as exc:
                 raise ValueError(f"{source}: fused: {exc}") from None
-        return cls(calibrators, data.get("classes"), data.get("protocol"), fused)
+        fused_fit = data.get("fused_fit")
+        if fused_fit is not None and not isinstance(fused_fit, Mapping):
+            raise ValueError(f"{source}: fused_fit must be an object {{policy, members}} or null")
+        return cls(calibrators, data.get("classes"), data.get("protocol"), fused, fused_fit)
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (temp file + rename)."""
@@ -197,7 +206,7 @@ def calibrate_detections(detections: Sequence[Detections], calibrator: Calibrato
         out.append(
             Detections(
                 det.boxes,
-                part.to(det.device),
+                part.to(det.device, det.scores.dtype),  # float64 detections stay float64 (same values)
                 det.labels,
                 det.image_size,
                 {**det.extras, CALIBRATED: torch.ones(len(det), dtype=torch.bool, device=det.device)},
@@ -265,7 +274,7 @@ def calibrate_fused(detections: Sequence[Detections], calibrator: Calibrator) ->
     order = order[torch.sort(image[order], stable=True).indices]
     starts = [0, *itertools.accumulate(counts)][:-1]
     return [
-        det.replace(scores=part.to(det.device))[(local - start).to(det.device)]
+        det.replace(scores=part.to(det.device, det.scores.dtype))[(local - start).to(det.device)]
         for det, part, local, start in zip(
             detections, torch.split(scores, counts), torch.split(order, counts), starts
         )

@@ -23,6 +23,8 @@ COMMAND_MODULES = (
     "fusion.cli.tune",
     "fusion.cli.calibrate",
     "fusion.cli.demo",
+    "fusion.cli.render",
+    "fusion.cli.train",
 )
 
 
@@ -41,11 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fusion`` console script; returns the exit status.
 
-    Errors users can fix (bad config, missing file, unknown name) are printed as one clear line, without a
+    Errors users can fix (bad config, missing or unreadable file, unknown name, a run folder another process is
+    writing) are printed as one clear line, without a
     traceback, and give exit status 2; set ``FUSION_DEBUG=1`` for the traceback.
     """
     import os
 
+    from fusion.io import RunLockedError
     from fusion.registry import UnknownNameError
 
     parser = build_parser()
@@ -55,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError, UnknownNameError, KeyError) as exc:
+    except (ValueError, OSError, UnknownNameError, KeyError, RunLockedError) as exc:
         if os.environ.get("FUSION_DEBUG"):
             raise
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc

@@ -50,45 +50,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_run)
 
 
-def _read_config(source: str) -> dict[str, Any]:
-    """Only the fields calibration needs (name, classes, members' names and weights, fusion, TTA): no detector plug-in
-    is imported."""
-    from fusion.classes import CONFIGS_DIR
-    from fusion.config import load_yaml
+def _read_config(source: str) -> Any:
+    """The ensemble config, validated by :func:`fusion.config.load_ensemble_config` (no model is built)."""
+    from fusion.config import load_ensemble_config
 
-    path = Path(source)
-    if not path.exists() and not path.suffix:
-        path = CONFIGS_DIR / "ensembles" / f"{source}.yaml"
-    data = load_yaml(path)
-    members = data.get("members")
-    if not isinstance(members, list) or not members:
-        raise ValueError(f"{path}: members: expected a non-empty list")
-    names = []
-    for index, member in enumerate(members):
-        if not isinstance(member, dict) or not isinstance(member.get("name"), str):
-            raise ValueError(f"{path}: members[{index}].name: missing or not a string")
-        names.append(member["name"])
-    if not isinstance(data.get("name"), str):
-        raise ValueError(f"{path}: name: missing or not a string")
-    fusion = data.get("fusion", {"type": "wbf"})
-    if not isinstance(fusion, str | dict):
-        raise ValueError(f"{path}: fusion: expected a policy name or a mapping, got {type(fusion).__name__}")
-    tta = data.get("tta") or {}
-    return {
-        "path": path,
-        "name": data["name"],
-        "classes": str(data.get("classes", "coco80")),
-        "members": names,
-        "weights": [float(m.get("weight", 1.0)) for m in members],
-        "class_weights": [m.get("class_weights") for m in members],
-        "fusion": {"type": fusion} if isinstance(fusion, str) else {"type": "wbf", **fusion},
-        "tta": bool(tta.get("hflip") or tta.get("scales")) if isinstance(tta, dict) else False,
-    }
+    return load_ensemble_config(source)
+
+
+def _member_names(config: Any) -> list[str]:
+    return [m.name for m in config.members]
 
 
 def _read_records(path: Path) -> list[Any]:
-    from fusion.scoring.annotations import read_json
-    from fusion.scoring.predictions import read_jsonl
+    from fusion.coco.annotations import read_json
+    from fusion.coco.predictions import read_jsonl
 
     if not path.exists():
         raise FileNotFoundError(f"predictions file {path} does not exist")
@@ -104,15 +79,15 @@ def _prediction_paths(args: argparse.Namespace, config: dict[str, Any]) -> dict[
         member, sep, path = item.partition("=")
         if not sep or not member or not path:
             raise ValueError(f"--predictions {item!r}: expected MEMBER=PATH")
-        if member not in config["members"]:
+        if member not in _member_names(config):
             raise ValueError(
-                f"--predictions {item!r}: no member {member!r} in {config['path']} (members: {config['members']})"
+                f"--predictions {item!r}: no member {member!r} in {args.config} (members: {_member_names(config)})"
             )
         given[member] = Path(path)
     if given:
         return given
-    cache = Path(args.runs) / "score" / config["name"] / "cache"
-    paths = {m: cache / f"{m}.jsonl" for m in config["members"]}
+    cache = Path(args.runs) / "score" / config.name / "cache"
+    paths = {m: cache / f"{m}.jsonl" for m in _member_names(config)}
     missing = [str(p) for p in paths.values() if not p.exists()]
     if missing:
         raise FileNotFoundError(
@@ -122,26 +97,24 @@ def _prediction_paths(args: argparse.Namespace, config: dict[str, Any]) -> dict[
     return paths
 
 
-def _run(args: argparse.Namespace) -> int:
-    from fusion.calibration import fit_calibrator_set, ground_truth_from_coco
-    from fusion.calibration.dece import CalibrationProtocol, detection_ece
-    from fusion.classes import ClassMap
-    from fusion.interop import from_coco_records
-    from fusion.io import run_dir
-    from fusion.scoring.annotations import load_annotations
+def _load_inputs(
+    args: argparse.Namespace, config: Any, ensemble_map: Any
+) -> tuple[dict[Any, Any], dict[str, dict[Any, Any]]]:
+    """``(truth, per_member)``: GT and each member's detections per image id, labels in the ensemble vocabulary.
 
-    config = _read_config(args.config)
+    Everything is matched in the ensemble's vocabulary (the labels calibrators see at prediction time); dataset
+    classes the ensemble lacks become label -1, which no detection can match.
+    """
+    from fusion.calibration import ground_truth_from_coco
+    from fusion.coco.annotations import load_annotations
+    from fusion.interop import from_coco_records
+
     annotations = Path(args.annotations)
     gt = load_annotations(annotations)  # validated: ids, categories, boxes (errors name the list and index)
-    dataset, data_map = gt.dataset, gt.class_map
-    ensemble_map = ClassMap.load(config["classes"])
-    # Everything is matched in the ensemble's vocabulary (the labels calibrators see at prediction time); dataset
-    # classes the ensemble lacks become label -1, which no detection can match.
-    to_ensemble = data_map.translation_to(ensemble_map, strict=False)
-    truth = ground_truth_from_coco(dataset, data_map)
+    to_ensemble = gt.class_map.translation_to(ensemble_map, strict=False)
+    truth = ground_truth_from_coco(gt.dataset, gt.class_map)
     truth = {i: g.replace(labels=to_ensemble[g.labels]) for i, g in truth.items()}
     sizes = {i: g.image_size for i, g in truth.items()}
-
     per_member = {}
     for member, path in _prediction_paths(args, config).items():
         records = _read_records(path)
@@ -149,7 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         if unknown:
             raise ValueError(f"{path}: image id {sorted(unknown, key=str)[0]!r} is not in {annotations}")
         try:
-            preds = from_coco_records(records, data_map, sizes, truth.keys())
+            preds = from_coco_records(records, gt.class_map, sizes, truth.keys())
         except ValueError as exc:
             raise ValueError(f"{path}: {exc}") from None
         bad = {i: d for i, d in preds.items() if bool((to_ensemble[d.labels] < 0).any())}
@@ -158,36 +131,92 @@ def _run(args: argparse.Namespace) -> int:
                 f"{path}: image {next(iter(bad))!r} has detections of a class the ensemble vocabulary lacks"
             )
         per_member[member] = {i: d.replace(labels=to_ensemble[d.labels]) for i, d in preds.items()}
+    return truth, per_member
 
+
+def _fused_refusal(args: argparse.Namespace, config: Any, per_member: dict[str, Any]) -> str | None:
+    """Why no fused calibrator is fitted, or None when one is."""
+    missing = [m for m in _member_names(config) if m not in per_member]
+    if args.no_fused:
+        return ""
+    if config.tta.hflip or config.tta.scales:
+        return "no fused calibrator: the config uses TTA, whose passes the scoring cache does not hold separately"
+    if missing:
+        # A calibrator fitted on the fusion of some members would be applied to the fusion of all of them.
+        return f"no fused calibrator: no predictions for member(s) {missing}, so the ensemble's fusion cannot be made"
+    return None
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fusion.calibration import fit_calibrator_set
+    from fusion.calibration.dece import CalibrationProtocol
+    from fusion.classes import ClassMap
+    from fusion.io import run_dir
+
+    config = _read_config(args.config)
+    ensemble_map = ClassMap.load(config.classes)
+    truth, per_member = _load_inputs(args, config, ensemble_map)
     calibrators = fit_calibrator_set(
         per_member, truth, args.method, args.per_class, args.iou_thr, classes=ensemble_map.names
     )
-    from fusion.calibration.sets import apply_calibrators
-
     ids = list(truth)
-    calibrated = apply_calibrators({m: [p[i] for i in ids] for m, p in per_member.items()}, calibrators)
-    fused_raw = fused_calibrated = None
-    missing = [m for m in config["members"] if m not in per_member]
-    if args.no_fused:
-        pass
-    elif config["tta"]:
-        print(
-            "no fused calibrator: the config uses TTA, whose passes the scoring cache does not hold separately"
-        )
-    elif missing:
-        # A calibrator fitted on the fusion of some members would be applied to the fusion of all of them.
-        print(
-            f"no fused calibrator: no predictions for member(s) {missing}, so the ensemble's fusion cannot be made"
-        )
-    else:
-        fused_raw, fused_calibrated, calibrators.fused = _fit_fused(
-            config, ensemble_map, per_member, calibrated, ids, truth, args
-        )
-    out = run_dir("calibrate", args.name or config["name"], args.runs)
+    pipeline = _pipeline(config, ensemble_map, calibrators)
+    calibrated = pipeline.calibrate({m: [p[i] for i in ids] for m, p in per_member.items()})
+    fused = None
+    refusal = _fused_refusal(args, config, per_member)
+    if refusal:
+        print(refusal)
+    elif refusal is None:
+        fused = _fit_fused(pipeline, _member_names(config), per_member, calibrated, ids, truth, args)
+        calibrators.fused = fused[2]
+        calibrators.fused_fit = {"policy": pipeline.describe(), "members": _member_names(config)}
+    out = run_dir("calibrate", args.name or config.name, args.runs)
     path = calibrators.save(out / "calibrators.json")
+    _report(out, args, per_member, calibrated, fused, ids, truth, CalibrationProtocol(iou_thr=args.iou_thr))
+    print(f"calibrators written to {path}")
+    print("add to the ensemble config:")
+    if calibrators.fused is not None:
+        print(f"fused_calibrator: {path}")
+    print("members:")
+    for member in per_member:
+        print(f"  - name: {member}\n    calibrator: {path}")
+    return 0
 
-    protocol = CalibrationProtocol(iou_thr=args.iou_thr)
-    report = {
+
+def _pipeline(config: Any, ensemble_map: Any, calibrators: Any) -> Any:
+    """The ensemble's pipeline (its policy and member weights, as :class:`~fusion.Ensemble` builds them) with the
+    member calibrators just fitted; no TTA (a config with TTA gets no fused calibrator)."""
+    from fusion.ensemble import member_fusion_weights
+    from fusion.fuse import make_policy
+    from fusion.pipeline import Calibration, Pipeline
+
+    members = config.members
+    weights = member_fusion_weights(
+        [m.name for m in members],
+        [m.weight for m in members],
+        [m.class_weights for m in members],
+        ensemble_map,
+    )
+    policy = make_policy(config.fusion, weights=weights)
+    return Pipeline(policy, Calibration(dict(calibrators), tuple(ensemble_map.names)), ensemble_map)
+
+
+def _report(
+    out: Path,
+    args: argparse.Namespace,
+    per_member: dict[str, dict[Any, Any]],
+    calibrated: dict[str, list[Any]],
+    fused: tuple[list[Any], list[Any], Any] | None,
+    ids: list[Any],
+    truth: dict[Any, Any],
+    protocol: Any,
+) -> None:
+    """Print the D-ECE before/after of every member (and of the fused output) and write ``report.json``."""
+    from fusion.calibration.dece import detection_ece
+    from fusion.calibration.sets import calibrate_fused
+    from fusion.io import atomic_write_json
+
+    report: dict[str, Any] = {
         "protocol": protocol.model_dump(),
         "method": args.method,
         "per_class": args.per_class,
@@ -202,13 +231,12 @@ def _run(args: argparse.Namespace) -> int:
             "D-ECE after": after.as_dict()["value"],
         }
         print(f"  {member:<16} {before.value:.4f} -> {after.value:.4f}  ({before.count} detections)")
-    if fused_raw is not None and fused_calibrated is not None and calibrators.fused is not None:
-        from fusion.calibration.sets import calibrate_fused
-
-        before = detection_ece(dict(zip(ids, fused_raw)), truth, protocol)
-        middle = detection_ece(dict(zip(ids, fused_calibrated)), truth, protocol)
+    if fused is not None:
+        raw, members_calibrated, calibrator = fused
+        before = detection_ece(dict(zip(ids, raw)), truth, protocol)
+        middle = detection_ece(dict(zip(ids, members_calibrated)), truth, protocol)
         after = detection_ece(
-            dict(zip(ids, calibrate_fused(fused_calibrated, calibrators.fused))), truth, protocol
+            dict(zip(ids, calibrate_fused(members_calibrated, calibrator))), truth, protocol
         )
         report["fused"] = {
             "D-ECE before": before.as_dict()["value"],
@@ -218,51 +246,28 @@ def _run(args: argparse.Namespace) -> int:
         print(
             f"  {'fused':<16} {before.value:.4f} -> {middle.value:.4f} (members calibrated) -> {after.value:.4f}"
         )
-    from fusion.io import atomic_write_json
-
     atomic_write_json(out / "report.json", report)
-    print(f"calibrators written to {path}")
-    print("add to the ensemble config:")
-    if calibrators.fused is not None:
-        print(f"fused_calibrator: {path}")
-    print("members:")
-    for member in per_member:
-        print(f"  - name: {member}\n    calibrator: {path}")
-    return 0
 
 
 def _fit_fused(
-    config: dict[str, Any],
-    ensemble_map: Any,
+    pipeline: Any,
+    order: list[str],
     per_member: dict[str, dict[Any, Any]],
     calibrated: dict[str, list[Any]],
     ids: list[Any],
     truth: dict[Any, Any],
     args: argparse.Namespace,
 ) -> tuple[list[Any], list[Any], Any]:
-    """Fuse raw and calibrated members with the config's policy and weights; fit the fused output's calibrator.
+    """Fuse raw and calibrated members with the ensemble's pipeline; fit the fused output's calibrator.
 
-    Returns the raw members' fusion, the calibrated members' fusion (one Detections per image of ``ids``) and the
-    calibrator fitted on the latter, which is what the ensemble's ``fused_calibrator`` maps at prediction time.
+    Members are fused in the config's order (the ensemble's fusion order). Returns the raw members' fusion, the
+    calibrated members' fusion (one Detections per image of ``ids``) and the calibrator fitted on the latter, which
+    is what the ensemble's ``fused_calibrator`` maps at prediction time.
     """
     from fusion.calibration import fit_member_calibrator
-    from fusion.ensemble import member_fusion_weights
-    from fusion.fuse import fuse_batch, make_policy
 
-    names = list(per_member)
-    order = [config["members"].index(n) for n in names]
-    weights = member_fusion_weights(
-        names,
-        [config["weights"][k] for k in order],
-        [config["class_weights"][k] for k in order],
-        ensemble_map,
-    )
-    try:
-        policy = make_policy(config["fusion"], weights=weights)
-    except (ValueError, TypeError) as exc:
-        raise ValueError(f"{config['path']}: fusion: {exc}") from None
-    raw = fuse_batch([[per_member[n][i] for n in names] for i in ids], policy)
-    fused = fuse_batch([list(per_image) for per_image in zip(*(calibrated[n] for n in names))], policy)
+    raw = pipeline.uncalibrated().fuse({n: [per_member[n][i] for i in ids] for n in order})
+    fused = pipeline.fuse({n: calibrated[n] for n in order})
     try:
         calibrator = fit_member_calibrator(
             dict(zip(ids, fused)), truth, args.method, args.per_class, args.iou_thr

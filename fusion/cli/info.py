@@ -40,7 +40,7 @@ def _version(module: str) -> str:
 
 
 def _default_backend() -> str:
-    from fusion.scoring.evaluate import available_backends
+    from fusion.coco.evaluate import available_backends
 
     found = available_backends()
     return f"{found[0]} (auto; installed: {', '.join(found)})" if found else "none installed"

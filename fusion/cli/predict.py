@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             chunk = files[start : start + batch_size]
             ids = list(range(start + 1, start + 1 + len(chunk)))
             batch = ensemble.load([str(f) for f in chunk], ids)
-            fused = ensemble.fuse(ensemble.run_members(batch))
+            fused = ensemble.predict_batch(batch)  # members -> the pipeline, calibrators included
             for path, image_id, det, image in zip(chunk, ids, fused, batch.images):
                 det = det.cpu()
                 height, width = int(image.shape[1]), int(image.shape[2])

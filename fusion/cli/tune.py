@@ -14,7 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "tune",
         help="search fusion policy, thresholds and member weights that maximise fused AP",
         description="Search the fusion policy, iou_thr, skip_box_thr, conf_type / quorum and member weights on saved "
-        "member results files (Latin-hypercube exploration, then Nelder-Mead polishing; see fusion.scoring.tune). "
+        "member results files (Latin-hypercube exploration, then Nelder-Mead polishing; see fusion.tuning.search). "
         "Writes the best ensemble config (best.yaml) and the table of trials (trials.csv).",
     )
     parser.add_argument("predictions", nargs="+", help="validation-set COCO results files, one per member")
@@ -32,7 +32,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.scoring.tune import tune_files
+    from fusion.tuning.search import tune_files
 
     tune_files(
         args.predictions,

@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fusion.coco.predictions import Predictions, read_jsonl
 from fusion.io import atomic_write_json
-from fusion.scoring.predictions import Predictions, read_jsonl
 
 __all__ = ["MemberCache"]
 

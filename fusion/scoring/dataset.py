@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fusion.scoring.annotations import CocoGroundTruth
+from fusion.coco.annotations import CocoGroundTruth
 
 __all__ = ["CocoImages", "collate", "make_loader"]
 

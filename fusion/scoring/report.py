@@ -9,7 +9,7 @@
 Extra per-entry metrics (calibration's ``"D-ECE"``) come through the ``extra`` argument of :func:`build_metrics` and
 are merged into that entry next to the 12 COCO stats; top-level additions (``"calibration_protocol"``, and with
 calibrators ``"calibrators"`` and ``"fused_uncalibrated"``) through ``summary``. :func:`write_run` writes a
-:class:`~fusion.scoring.fuse_files.ScoredRun` with both.
+:class:`~fusion.scoring.run.ScoredRun` with both.
 """
 
 from __future__ import annotations
@@ -17,15 +17,13 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from fusion.coco.annotations import CocoGroundTruth
+from fusion.coco.evaluate import STAT_KEYS, EvalResult
+from fusion.coco.predictions import Predictions
 from fusion.io import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
-from fusion.scoring.annotations import CocoGroundTruth
-from fusion.scoring.evaluate import STAT_KEYS, EvalResult
-from fusion.scoring.predictions import Predictions
-
-if TYPE_CHECKING:
-    from fusion.scoring.fuse_files import ScoredRun
+from fusion.scoring.run import ScoredRun
 
 __all__ = [
     "build_metrics",
@@ -172,7 +170,7 @@ def plot_pr_curves(path: Path, members: Mapping[str, EvalResult], fused: EvalRes
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from fusion.scoring.evaluate import RECALL_THRESHOLDS
+    from fusion.coco.evaluate import RECALL_THRESHOLDS
 
     entries = {**members, **({"fused": fused} if fused else {})}
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
@@ -278,7 +276,7 @@ def write_run(
     *,
     plots: bool = True,
 ) -> dict[str, Any]:
-    """:func:`write_outputs` of a :class:`~fusion.scoring.fuse_files.ScoredRun`: D-ECE in every entry, the
+    """:func:`write_outputs` of a :class:`~fusion.scoring.run.ScoredRun`: D-ECE in every entry, the
     protocol (and calibration baseline) at the top level, and a reliability diagram of members and fused."""
     reliability = dict(run.dece)
     if "fused" in run.uncalibrated_dece:

@@ -10,29 +10,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fusion.coco.annotations import CocoGroundTruth, load_annotations
+from fusion.coco.predictions import Predictions
 from fusion.detections import Detections
-from fusion.scoring.annotations import CocoGroundTruth, load_annotations
-from fusion.scoring.predictions import Predictions
+from fusion.scoring.cache import MemberCache
 
-__all__ = ["gt_weights", "score"]
-
-
-def gt_weights(weights: Any, ensemble_classes: Any, gt: CocoGroundTruth) -> Any:
-    """Per-class weights ``[M][C_ensemble]`` -> ``[M][C_gt]`` by class name (flat ``[M]`` weights unchanged).
-
-    Fusion here runs on labels of the dataset's vocabulary; a dataset class the ensemble lacks gets weight 1 (no
-    member ever predicts it, so its weight is never used).
-    """
-    if not weights or not isinstance(weights[0], list | tuple):
-        return weights
-    table = gt.class_map.translation_to(ensemble_classes, strict=False).tolist()
-    return [[float(row[j]) if j >= 0 else 1.0 for j in table] for row in weights]
+__all__ = ["score"]
 
 
 def _to_predictions(
@@ -104,26 +94,12 @@ def score(
     Returns:
         The ``metrics.json`` dict (on rank 0; ``None`` on other ranks under ``torchrun``).
     """
-    from tqdm.auto import tqdm
-
-    from fusion.config import EnsembleConfigBase, load_ensemble_config
+    from fusion.coco.evaluate import resolve_backend
+    from fusion.distributed import init_distributed
     from fusion.ensemble import Ensemble
     from fusion.io import run_dir
-    from fusion.scoring.cache import MemberCache
-    from fusion.scoring.calibration import Calibration
-    from fusion.scoring.dataset import make_loader
-    from fusion.scoring.distributed import init_distributed
-    from fusion.scoring.evaluate import resolve_backend
-    from fusion.scoring.fuse_files import fuse_and_evaluate, policy_description
-    from fusion.scoring.report import format_run, write_run
 
-    cfg = (
-        config
-        if isinstance(config, EnsembleConfigBase) and not overrides
-        else load_ensemble_config(
-            config.model_dump(mode="json") if isinstance(config, EnsembleConfigBase) else config, overrides
-        )
-    )
+    cfg = _resolve_config(config, overrides)
     backend = resolve_backend(backend)
     gt = load_annotations(annotations)
     dist = init_distributed()
@@ -140,36 +116,14 @@ def score(
             device = f"cuda:{dist.local_rank}"
         torch.manual_seed(seed)
         ensemble = Ensemble.from_config(cfg, device=device)
-        shard = np.arange(len(gt))[dist.rank :: dist.world_size]
-        cache_dir = out / "cache" / (f"rank{dist.rank}" if dist.world_size > 1 else "")
-        cache = MemberCache(cache_dir, ensemble.member_names, _fingerprint(cfg, gt, shard, dist.world_size))
-        done = cache.open(resume)
-        table = ensemble.class_map.translation_to(gt.class_map, strict=False)
-        dropped = 0
-        if done < len(shard):
-            loader = make_loader(
-                gt, images, batch_size or cfg.batch_size, num_workers, indices=shard[done:].tolist()
-            )
-            bar = tqdm(total=len(shard), initial=done, desc=f"score {cfg.name}", unit="img", disable=not talk)
-            with torch.inference_mode():
-                for batch_images, ids, _ in loader:
-                    batch = ensemble.load(batch_images, ids)
-                    outputs = ensemble.run_members(batch)
-                    converted = {}
-                    for member, dets in zip(ensemble.member_names, outputs):
-                        converted[member], lost = _to_predictions(dets, ids, table, gt)
-                        dropped += lost
-                    done += len(ids)
-                    cache.append(converted, done)
-                    bar.update(len(ids))
-                    if on_batch is not None:
-                        on_batch(done)
-            bar.close()
-        if dropped and verbose:
-            missing = [n for n, j in zip(ensemble.class_map.names, table.tolist()) if j < 0]
-            print(
-                f"warning: {dropped} member detection(s) of classes the dataset lacks were not scored: {missing[:10]}"
-            )
+        shard = np.arange(len(gt))[dist.rank :: dist.world_size]  # this process's images
+        cache = MemberCache(
+            out / "cache" / (f"rank{dist.rank}" if dist.world_size > 1 else ""),
+            ensemble.member_names,
+            _fingerprint(cfg, gt, shard, dist.world_size),
+        )
+        loader = _Loader(gt, images, batch_size or cfg.batch_size, num_workers)
+        _run_members(ensemble, cache, cache.open(resume), shard, loader, on_batch, talk, verbose)
         gathered = dist.gather(cache.load())
         if not dist.is_main or gathered is None:
             return None
@@ -177,38 +131,103 @@ def score(
             name: _in_dataset_order(Predictions.concat([part[name] for part in gathered]), gt)
             for name in ensemble.member_names
         }
-        params = ensemble.policy.params
-        weights = gt_weights(params.weights, ensemble.class_map, gt)
-        described = policy_description(params, weights=weights)
-        calibration = Calibration(
-            members=dict(ensemble.calibrators),
-            classes=tuple(ensemble.class_map.names),
-            fused=ensemble.fused_calibrator,
-            sources=ensemble.calibrator_files,
-        )
-        run = fuse_and_evaluate(
-            members, gt, params, {"weights": weights}, backend=backend, calibration=calibration
-        )
-        for member, preds in members.items():  # raw results: a new calibrator needs no re-run
-            preds.save(out / "members" / f"{member}.json")
-        resolved = {
-            "command": "score",
-            "config": cfg.model_dump(mode="json"),
-            "annotations": str(annotations) if not isinstance(annotations, Mapping) else "<dict>",
-            "images": str(images),
-            "backend": backend,
-            "seed": seed,
-            "world_size": dist.world_size,
-        }
-        metrics = write_run(out, gt, run, described, resolved, plots=plots)
-        if talk:
-            print(format_run(run))
-            print(f"results in {out}")
-        metrics["run_dir"] = str(out)
-        return metrics
+        record = {"command": "score", "config": cfg.model_dump(mode="json")}
+        record["annotations"] = str(annotations) if not isinstance(annotations, Mapping) else "<dict>"
+        record |= {"images": str(images), "backend": backend, "seed": seed, "world_size": dist.world_size}
+        return _evaluate_and_write(ensemble, members, gt, out, record, backend, plots, talk)
     finally:
         dist.barrier()
         dist.close()
+
+
+def _resolve_config(config: Any, overrides: Sequence[str]) -> Any:
+    from fusion.config import EnsembleConfigBase, load_ensemble_config
+
+    if isinstance(config, EnsembleConfigBase):
+        return config if not overrides else load_ensemble_config(config.model_dump(mode="json"), overrides)
+    return load_ensemble_config(config, overrides)
+
+
+@dataclass
+class _Loader:
+    """How the members' images are read: the dataset, its image folder, batch size and decoding workers."""
+
+    gt: CocoGroundTruth
+    images: str | Path
+    batch_size: int
+    num_workers: int
+
+
+def _run_members(
+    ensemble: Any,
+    cache: MemberCache,
+    done: int,
+    shard: np.ndarray,
+    loader: _Loader,
+    on_batch: Callable[[int], None] | None,
+    talk: bool,
+    verbose: bool,
+) -> None:
+    """Run every member on the images of ``shard`` not cached yet (from position ``done``), appending each batch's
+    results (dataset category ids) to ``cache``; detections of classes the dataset lacks are counted, not scored."""
+    from tqdm.auto import tqdm
+
+    from fusion.scoring.dataset import make_loader
+
+    gt = loader.gt
+    table = ensemble.class_map.translation_to(gt.class_map, strict=False)
+    dropped = 0
+    if done < len(shard):
+        batches = make_loader(
+            gt, loader.images, loader.batch_size, loader.num_workers, indices=shard[done:].tolist()
+        )
+        name = ensemble.config.name
+        bar = tqdm(total=len(shard), initial=done, desc=f"score {name}", unit="img", disable=not talk)
+        with torch.inference_mode():
+            for batch_images, ids, _ in batches:
+                outputs = ensemble.run_members(ensemble.load(batch_images, ids))
+                converted = {}
+                for member, dets in zip(ensemble.member_names, outputs):
+                    converted[member], lost = _to_predictions(dets, ids, table, gt)
+                    dropped += lost
+                done += len(ids)
+                cache.append(converted, done)
+                bar.update(len(ids))
+                if on_batch is not None:
+                    on_batch(done)
+        bar.close()
+    if dropped and verbose:
+        missing = [n for n, j in zip(ensemble.class_map.names, table.tolist()) if j < 0]
+        print(
+            f"warning: {dropped} member detection(s) of classes the dataset lacks were not scored: {missing[:10]}"
+        )
+
+
+def _evaluate_and_write(
+    ensemble: Any,
+    members: dict[str, Predictions],
+    gt: CocoGroundTruth,
+    out: Path,
+    resolved: dict[str, Any],
+    backend: str,
+    plots: bool,
+    talk: bool,
+) -> dict[str, Any]:
+    """Fuse and evaluate with the ensemble's own pipeline; write the members' raw results and every output."""
+    from fusion.scoring.report import format_run, write_run
+    from fusion.scoring.run import fuse_and_evaluate
+
+    # The ensemble's pipeline, on labels of the dataset's vocabulary (per-class weights re-indexed).
+    pipeline = ensemble.pipeline.in_vocabulary(gt.class_map)
+    run = fuse_and_evaluate(members, gt, pipeline, backend=backend)
+    for member, preds in members.items():  # raw results: a new calibrator needs no re-run
+        preds.save(out / "members" / f"{member}.json")
+    metrics = write_run(out, gt, run, pipeline.describe(), resolved, plots=plots)
+    if talk:
+        print(format_run(run))
+        print(f"results in {out}")
+    metrics["run_dir"] = str(out)
+    return metrics
 
 
 def _in_dataset_order(preds: Predictions, gt: CocoGroundTruth) -> Predictions:

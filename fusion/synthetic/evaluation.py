@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from fusion.scoring.predictions import BOX_DECIMALS, SCORE_DECIMALS, Predictions
+from fusion.coco.predictions import BOX_DECIMALS, SCORE_DECIMALS, Predictions
 
 __all__ = ["synthetic_annotations", "synthetic_predictions"]
 

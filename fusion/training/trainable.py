@@ -12,6 +12,7 @@ A plugin returns a :class:`Trainable` from ``Detector.trainable(config, class_ma
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypedDict
@@ -81,7 +82,10 @@ class Trainable(ABC):
     """A detector being trained.
 
     Attributes:
-        model: The ``nn.Module`` whose parameters the core's optimiser updates (in-loop plugins).
+        model: The ``nn.Module`` whose parameters the core's optimiser updates (in-loop plugins). The trainer
+            moves it to the device, switches it between ``train()`` (for :meth:`loss`) and ``eval()`` (for
+            :meth:`predict`), gives parameters whose name starts with ``backbone`` the backbone learning rate,
+            and saves its ``state_dict`` in checkpoints (EMA weights are swapped in for predict and export).
         owns_loop: True when the plugin trains with its library's own loop through :meth:`fit`.
     """
 
@@ -90,6 +94,11 @@ class Trainable(ABC):
 
     def loss(self, images: list[Tensor], targets: list[TrainTarget]) -> dict[str, Tensor]:
         """Named scalar losses of one batch in train mode; the trainer minimises their sum.
+
+        Called under ``torch.autocast`` (bf16) on CUDA. Under ``torchrun`` each rank passes its share of the
+        global batch and the trainer averages the gradients over ranks, so a loss that is a mean over the batch's
+        images gives one process's gradient; a loss normalised by a count over the batch (e.g. DETR's number of
+        boxes) should all-reduce that count.
 
         Args:
             images: One float32 ``[3, H, W]`` RGB tensor in ``[0, 1]`` per image, on the model's device; sizes
@@ -111,6 +120,37 @@ class Trainable(ABC):
             ensemble member, paths relative to ``out_dir``.
         """
 
+    def distill_modules(self, teacher: Trainable, weights: Mapping[str, Any]) -> nn.Module:
+        """Modules that distillation from ``teacher`` trains beside :attr:`model` (e.g. a feature adapter).
+
+        The distillation trainer calls this once, before it builds the optimiser, adds the returned module's
+        parameters to it and keeps its ``state_dict`` in the checkpoint. Default: an empty module.
+        """
+        return nn.Module()
+
+    def distill_loss(
+        self, images: list[Tensor], targets: list[TrainTarget], teacher: Trainable, weights: Mapping[str, Any]
+    ) -> dict[str, Tensor]:
+        """Named scalar losses of one batch distilled from ``teacher`` (optional; in-loop plugins only).
+
+        The student's own loss on ``targets`` plus the plugin's knowledge-distillation terms, each already
+        multiplied by its weight; the trainer minimises their sum. The teacher runs in eval mode without
+        gradients on the same batch.
+
+        Args:
+            images / targets: As for :meth:`loss`.
+            teacher: A trained :class:`Trainable` of a kind the plugin can distill from.
+            weights: Named weights of each term and the plugin's distillation options (e.g. DETR's
+                ``temperature``, ``pairing``); unknown names are refused.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has no teacher distillation (distill_loss)")
+
     def fit(self, job: ExternalTrainJob) -> dict[str, Any]:
-        """Train with the plugin's own loop; returns metrics and the member-config fields of the best weights."""
+        """Train with the plugin's own loop.
+
+        Returns:
+            ``{"metrics": {...}, "member": {member-config fields of the best weights, paths relative to
+            job.out_dir}}``; the trainer writes it to ``fit_result.json`` and ``member`` to
+            ``weights/best.member.yaml``.
+        """
         raise NotImplementedError(f"{type(self).__name__} trains in the core's loop, not with fit()")

@@ -32,7 +32,7 @@ def test_check_reports_versions_and_devices(capsys: pytest.CaptureFixture[str]) 
     assert "torch" in out and torch.__version__ in out
     assert "devices" in out and "cpu" in out
     assert "torchvision_weights_dir" in out
-    from fusion.scoring.evaluate import resolve_backend
+    from fusion.coco.evaluate import resolve_backend
 
     assert f"evaluation_backend          {resolve_backend('auto')} (auto;" in out
 

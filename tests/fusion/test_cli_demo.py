@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from fusion.cli import main
-from fusion.scoring.evaluate import STAT_KEYS
+from fusion.coco.evaluate import STAT_KEYS
 
 MEMBERS = ("sharp", "careful", "noisy")
 ARGS = ["--images", "40", "--seed", "3", "--no-plots"]

@@ -16,21 +16,23 @@ Written against the output dict documented in :mod:`detectors.detr.model`:
   ``SetCriterion``).
 * :func:`criterion_for`: the right loss for a :class:`~detectors.detr.model.DetrConfig`.
 
-``"loss"`` is the weighted total to back-propagate. The number of boxes is summed over ranks under
-``torch.distributed`` (as the official DETR), so every rank divides by the global count.
+``"loss"`` is the weighted total to back-propagate. As :class:`~detectors.detr.training.criterion.SetCriterion`:
+the box count is averaged over ranks under ``torch.distributed`` (official DETR), and a target may carry per-box
+weights ``"scores"`` [n] (pseudo-labels) that scale its matched query's focal, L1 and GIoU terms and the count.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torchvision.ops import box_convert, generalized_box_iou, sigmoid_focal_loss
 
-from ..matcher import HungarianMatcher, Target
+from .criterion import SetCriterion, _box_weights, _check_targets, _num_boxes
+from .matcher import HungarianMatcher, Target
 
 __all__ = [
     "FocalHungarianMatcher",
@@ -38,18 +40,8 @@ __all__ = [
     "GroupSetLoss",
     "criterion_for",
     "denoising_indices",
-    "global_num_boxes",
     "group_set_loss",
 ]
-
-
-def global_num_boxes(targets: Sequence[Target], device: torch.device) -> float:
-    """Target boxes in the batch, averaged over ranks when distributed (at least 1)."""
-    count = torch.tensor(float(sum(len(t["labels"]) for t in targets)), device=device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(count)
-        count = count / dist.get_world_size()
-    return max(float(count), 1.0)
 
 
 class FocalHungarianMatcher(HungarianMatcher):
@@ -120,7 +112,7 @@ class FocalSetCriterion(nn.Module):
         self,
         outputs: Mapping[str, Tensor],
         targets: Sequence[Target],
-        num_boxes: float,
+        num_boxes: Tensor | float,
         indices: list[tuple[Tensor, Tensor]] | None = None,
     ) -> dict[str, Tensor]:
         """``loss_focal``, ``loss_bbox``, ``loss_giou`` of one layer's ``pred_logits [B, Q, C]`` / ``pred_boxes``.
@@ -138,27 +130,31 @@ class FocalSetCriterion(nn.Module):
         device = logits.device
         batch_idx = torch.cat([torch.full_like(src, i) for i, (src, _) in enumerate(indices)]).to(device)
         src_idx = torch.cat([src for src, _ in indices]).to(device)
-        labels = torch.cat([t["labels"].to(device)[j] for t, (_, j) in zip(targets, indices)]).long()
+        pairs = list(zip(targets, (j.to(device) for _, j in indices)))
+        labels = torch.cat([t["labels"].to(device)[j] for t, j in pairs]).long()
+        matched_weight = torch.cat([_box_weights(t, device)[j] for t, j in pairs])
         onehot = torch.zeros(logits.shape, dtype=torch.float32, device=device)
         onehot[batch_idx, src_idx, labels] = 1.0
-        focal = sigmoid_focal_loss(logits.float(), onehot, self.alpha, self.gamma, reduction="sum")
+        query_weight = torch.ones(logits.shape[:2], dtype=torch.float32, device=device)
+        query_weight[batch_idx, src_idx] = matched_weight
+        focal = sigmoid_focal_loss(logits.float(), onehot, self.alpha, self.gamma, reduction="none")
         src_boxes = boxes[batch_idx, src_idx].float()
-        tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, (_, j) in zip(targets, indices)]).float()
+        tgt_boxes = torch.cat([t["boxes"].to(device)[j] for t, j in pairs]).float()
         giou = torch.diag(
             generalized_box_iou(
                 box_convert(src_boxes, "cxcywh", "xyxy"), box_convert(tgt_boxes, "cxcywh", "xyxy")
             )
         )
         return {
-            "loss_focal": focal / num_boxes,
-            "loss_bbox": (src_boxes - tgt_boxes).abs().sum() / num_boxes,
-            "loss_giou": (1 - giou).sum() / num_boxes,
+            "loss_focal": (focal * query_weight[..., None]).sum() / num_boxes,
+            "loss_bbox": (matched_weight * (src_boxes - tgt_boxes).abs().sum(-1)).sum() / num_boxes,
+            "loss_giou": (matched_weight * (1 - giou)).sum() / num_boxes,
         }
 
     def forward(self, outputs: Mapping[str, Any], targets: Sequence[Target]) -> dict[str, Tensor]:
         """All losses (unweighted, suffixed per layer) plus ``"loss"``, their weighted sum."""
         _check_targets(targets, self.num_classes)
-        num_boxes = global_num_boxes(targets, outputs["pred_logits"].device)
+        num_boxes = _num_boxes(targets, outputs["pred_logits"].device)
         losses: dict[str, Tensor] = {}
         for suffix, layer in _supervised_layers(outputs):
             losses.update({k + suffix: v for k, v in self.layer_losses(layer, targets, num_boxes).items()})
@@ -171,8 +167,12 @@ class FocalSetCriterion(nn.Module):
             for suffix, layer in layers:
                 part = self.layer_losses(layer, targets, dn_boxes, indices)
                 losses.update({k + suffix: v for k, v in part.items()})
-        losses["loss"] = sum(v * self.weights["_".join(k.split("_")[:2])] for k, v in losses.items())
+        losses["loss"] = sum(self.weighted(losses).values())
         return losses
+
+    def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each named loss times the weight of its base name (``loss_focal_g1_0`` weighs as ``loss_focal``)."""
+        return {k: v * self.weights["_".join(k.split("_")[:2])] for k, v in losses.items() if k != "loss"}
 
 
 def denoising_indices(
@@ -197,18 +197,6 @@ def _supervised_layers(outputs: Mapping[str, Any], prefix: str = "") -> list[tup
     for g, group in enumerate(outputs.get("group_outputs", []), start=1):
         layers += _supervised_layers(group, f"{prefix}_g{g}")
     return layers
-
-
-def _check_targets(targets: Sequence[Target], num_classes: int) -> None:
-    for i, target in enumerate(targets):
-        if (
-            not {"labels", "boxes"} <= set(target)
-            or target["boxes"].ndim != 2
-            or target["boxes"].shape[-1] != 4
-        ):
-            raise ValueError(f"targets[{i}] needs 'labels' [n] and 'boxes' [n, 4] (normalised cxcywh)")
-        if len(target["labels"]) and int(target["labels"].max()) >= num_classes:
-            raise ValueError(f"targets[{i}] has label {int(target['labels'].max())} >= {num_classes}")
 
 
 def group_set_loss(
@@ -238,19 +226,41 @@ class GroupSetLoss(nn.Module):
         super().__init__()
         self.criterion = criterion
 
+    @property
+    def matcher(self) -> HungarianMatcher:
+        """The wrapped criterion's matcher."""
+        return self.criterion.matcher
+
     def forward(self, outputs: Mapping[str, Any], targets: Sequence[Target]) -> dict[str, Tensor]:
         return group_set_loss(self.criterion, outputs, targets)
 
+    def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Each loss times the wrapped criterion's weight for it (a group's ``_g<g>`` suffix weighs alike)."""
+        out = {}
+        for key, value in losses.items():
+            if key != "loss":
+                (out[key],) = self.criterion.weighted({_GROUP.sub("", key): value}).values()
+        return out
 
-def criterion_for(config: Any) -> nn.Module:
-    """The set loss matching a :class:`~detectors.detr.model.DetrConfig`'s outputs, default weights.
 
-    ``sigmoid`` -> :class:`FocalSetCriterion` (also covers ``enc_outputs`` and ``group_outputs``); ``softmax`` ->
-    the plain ``SetCriterion``, wrapped in :class:`GroupSetLoss` when ``num_query_groups > 1``.
+_GROUP = re.compile(r"_g\d+")
+
+
+def criterion_for(config: Any, **settings: Any) -> nn.Module:
+    """The set loss matching a :class:`~detectors.detr.model.DetrConfig`'s outputs.
+
+    ``sigmoid`` -> :class:`FocalSetCriterion` (also covers ``enc_outputs``, ``group_outputs`` and ``dn_outputs``)
+    with a :class:`FocalHungarianMatcher`; ``softmax`` -> :class:`SetCriterion` with a
+    :class:`HungarianMatcher`, wrapped in :class:`GroupSetLoss` when ``num_query_groups > 1``.
+
+    Args:
+        config: The model's architecture.
+        **settings: The criterion's keyword arguments (weights, ``alpha``/``gamma`` or ``eos_coef`` ...) and
+            the matcher's ``cost_class``/``cost_bbox``/``cost_giou``.
     """
+    costs = {k: settings.pop(k) for k in ("cost_class", "cost_bbox", "cost_giou") if k in settings}
     if config.classification == "sigmoid":
-        return FocalSetCriterion(config.num_classes)
-    from detectors.detr import SetCriterion  # wherever the plain criterion lives, the package exports it
-
-    plain = SetCriterion(config.num_classes)
+        focal = {k: settings[k] for k in ("alpha", "gamma") if k in settings}
+        return FocalSetCriterion(config.num_classes, FocalHungarianMatcher(**costs, **focal), **settings)
+    plain = SetCriterion(config.num_classes, HungarianMatcher(**costs), **settings)
     return GroupSetLoss(plain) if config.num_query_groups > 1 else plain

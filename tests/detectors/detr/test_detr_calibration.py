@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from detectors.detr import build_detr, logit_mixing_loss, modulate_logits, nested_batch, query_uncertainty
+from detectors.detr import build_detr, modulate_logits, nested_batch, query_uncertainty
+from detectors.detr.training import logit_mixing_loss
 
 
 def test_uncertainty_is_the_variance_over_decoder_layers_by_hand() -> None:

@@ -8,15 +8,9 @@ import pytest
 import torch
 import yaml
 
-from detectors.detr import (
-    build_detr,
-    build_student,
-    load_checkpoint,
-    load_official,
-    nested_batch,
-    save_checkpoint,
-)
+from detectors.detr import build_detr, load_checkpoint, load_official, nested_batch, save_checkpoint
 from detectors.detr.checkpoint import read_pth_state_dict
+from detectors.detr.training import build_student
 
 
 def test_round_trip_keeps_architecture_weights_and_outputs(tmp_path) -> None:

@@ -9,7 +9,8 @@ import pytest
 import torch
 from torchvision.ops import box_convert, generalized_box_iou
 
-from detectors.detr import DetrConfig, SetCriterion, build_detr, postprocess
+from detectors.detr import DetrConfig, build_detr, postprocess
+from detectors.detr.training import SetCriterion
 from detectors.detr.training.fast_losses import (
     FocalHungarianMatcher,
     FocalSetCriterion,
@@ -200,3 +201,38 @@ def test_denoising_losses_use_the_fixed_assignment() -> None:
             torch.testing.assert_close(losses[key + suffix], value)
     extra = sum(criterion.weights[k.rsplit("_dn", 1)[0]] * float(v) for k, v in losses.items() if "_dn" in k)
     assert float(losses["loss"]) == pytest.approx(float(plain["loss"]) + extra, rel=1e-6)
+
+
+def test_box_weights_scale_their_terms_and_the_count() -> None:
+    logits = torch.tensor([[[-1.0, 2.0], [0.5, -0.5], [1.0, -2.0]]])
+    pred_boxes = torch.tensor([[[0.3, 0.3, 0.2, 0.2], [0.1, 0.9, 0.05, 0.05], [0.72, 0.6, 0.2, 0.3]]])
+    boxes = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.2, 0.3]])
+    outputs = {"pred_logits": logits, "pred_boxes": pred_boxes}
+    criterion = FocalSetCriterion(num_classes=2)
+    plain = criterion(outputs, [{"labels": torch.tensor([1, 0]), "boxes": boxes}])
+    ones = criterion(outputs, [{"labels": torch.tensor([1, 0]), "boxes": boxes, "scores": torch.ones(2)}])
+    torch.testing.assert_close(ones["loss"], plain["loss"])
+    only_second = criterion(
+        outputs, [{"labels": torch.tensor([1, 0]), "boxes": boxes, "scores": torch.tensor([0.0, 1.0])}]
+    )
+    assert float(only_second["loss_bbox"]) == pytest.approx(0.02, abs=1e-6)  # its L1 over a count of 1
+    # Query 0 (matched to the weight-0 box) adds nothing to the focal loss: the rest, over a count of 1.
+    rest = sum(
+        0.25 * (1 - p) ** 2 * -math.log(p) if (q, c) == (2, 0) else 0.75 * p**2 * -math.log(1 - p)
+        for q in (1, 2)
+        for c in range(2)
+        for p in [1 / (1 + math.exp(-float(logits[0, q, c])))]
+    )
+    assert float(only_second["loss_focal"]) == pytest.approx(rest, rel=1e-5)
+
+
+def test_group_wrapper_weighs_group_copies_like_their_base_loss() -> None:
+    wrapped = GroupSetLoss(SetCriterion(num_classes=2, weight_bbox=5.0, weight_giou=2.0))
+    losses = {
+        "loss_bbox_g2": torch.tensor(1.0),
+        "loss_giou_0_g1": torch.tensor(1.0),
+        "loss": torch.tensor(9.0),
+    }
+    weighted = wrapped.weighted(losses)
+    assert {k: float(v) for k, v in weighted.items()} == {"loss_bbox_g2": 5.0, "loss_giou_0_g1": 2.0}
+    assert wrapped.matcher is wrapped.criterion.matcher

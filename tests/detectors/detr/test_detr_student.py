@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detectors.detr import build_detr, build_student, nested_batch, plan_student
-from detectors.detr.student import head_importance
+from detectors.detr import build_detr, nested_batch
+from detectors.detr.training import build_student, head_importance, plan_student
 
 
 def _teacher() -> torch.nn.Module:

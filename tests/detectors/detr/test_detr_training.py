@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import generalized_box_iou
 
-from detectors.detr import HungarianMatcher, SetCriterion, build_detr, nested_batch, train_step
+from detectors.detr import build_detr, nested_batch
 from detectors.detr.postprocess import box_cxcywh_to_xyxy
+from detectors.detr.training import HungarianMatcher, SetCriterion, train_step
 
 
 def _random_boxes(n: int, generator: torch.Generator) -> torch.Tensor:
@@ -80,6 +81,7 @@ def test_criterion_hand_computed() -> None:
         )
 
 
+@pytest.mark.slow
 def test_loss_falls_when_overfitting_one_image() -> None:
     torch.manual_seed(0)
     model = build_detr("detr_tiny", num_classes=3, dropout=0.0, num_queries=8)
@@ -101,3 +103,127 @@ def test_loss_falls_when_overfitting_one_image() -> None:
     assert set(first) >= {"loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_bbox_0"}
     assert last["loss"] < 0.5 * first["loss"]
     assert last["loss_bbox"] < first["loss_bbox"] and last["loss_ce"] < first["loss_ce"]
+
+
+def _weighted_case() -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Three queries, two targets; the obvious assignment is query 2 <- target 0, query 0 <- target 1."""
+    logits = torch.randn(1, 3, 3, generator=torch.Generator().manual_seed(5)).requires_grad_()
+    target_boxes = torch.tensor([[0.5, 0.5, 0.2, 0.2], [0.3, 0.3, 0.1, 0.2]])
+    pred_boxes = torch.tensor([[[0.3, 0.3, 0.1, 0.2], [0.9, 0.9, 0.1, 0.1], [0.52, 0.5, 0.2, 0.2]]])
+    return {"pred_logits": logits, "pred_boxes": pred_boxes.requires_grad_()}, target_boxes, logits
+
+
+def test_score_weights_hand_computed() -> None:
+    outputs, target_boxes, logits = _weighted_case()
+    criterion = SetCriterion(num_classes=2, eos_coef=0.1)
+    labels = torch.tensor([1, 0])
+    nll = -F.log_softmax(logits[0].detach(), -1)[torch.arange(3), torch.tensor([0, 2, 1])]
+    giou_q2 = float(
+        generalized_box_iou(
+            box_cxcywh_to_xyxy(outputs["pred_boxes"][0, 2:3].detach()), box_cxcywh_to_xyxy(target_boxes[:1])
+        )[0, 0]
+    )
+    # Weights 0.8 (target 0 -> query 2) and 0.6 (target 1 -> query 0, whose box is exact: L1 0, GIoU 1).
+    losses = criterion(
+        outputs, [{"labels": labels, "boxes": target_boxes, "scores": torch.tensor([0.8, 0.6])}]
+    )
+    ce = (0.6 * nll[0] + 0.1 * nll[1] + 0.8 * nll[2]) / (0.6 + 0.1 + 0.8)
+    assert losses["loss_ce"].item() == pytest.approx(float(ce), rel=1e-5)
+    assert losses["loss_bbox"].item() == pytest.approx(0.8 * 0.02 / 1.4, rel=1e-5)
+    assert losses["loss_giou"].item() == pytest.approx(0.8 * (1 - giou_q2) / 1.4, rel=1e-5)
+    # Weight 0 on target 1: its query adds nothing (no gradient at all); the box count is clamped at 1.
+    losses = criterion(
+        outputs, [{"labels": labels, "boxes": target_boxes, "scores": torch.tensor([1.0, 0.0])}]
+    )
+    assert losses["loss_ce"].item() == pytest.approx(float((0.1 * nll[1] + nll[2]) / 1.1), rel=1e-5)
+    assert losses["loss_bbox"].item() == pytest.approx(0.02, rel=1e-5)
+    losses["loss"].backward()
+    assert (
+        torch.count_nonzero(logits.grad[0, 0]) == 0
+        and torch.count_nonzero(outputs["pred_boxes"].grad[0, 0]) == 0
+    )
+    assert (
+        torch.count_nonzero(logits.grad[0, 2]) > 0
+        and torch.count_nonzero(outputs["pred_boxes"].grad[0, 2]) > 0
+    )
+    # All weights 1 is the official (unweighted) loss.
+    ones = criterion(outputs, [{"labels": labels, "boxes": target_boxes, "scores": torch.ones(2)}])
+    plain = criterion(outputs, [{"labels": labels, "boxes": target_boxes}])
+    for key in plain:
+        assert ones[key].item() == pytest.approx(plain[key].item(), rel=1e-6)
+    with pytest.raises(ValueError, match=r"targets\[0\]\['scores'\]"):
+        criterion(outputs, [{"labels": labels, "boxes": target_boxes, "scores": torch.ones(3)}])
+
+
+DISTRIBUTED_SCRIPT = """
+import json, sys
+import torch
+import torch.distributed as dist
+from detectors.detr.training import SetCriterion
+
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+case = json.loads(sys.argv[1])[rank]
+outputs = {"pred_logits": torch.tensor(case["logits"]), "pred_boxes": torch.tensor(case["boxes"])}
+target = {"labels": torch.tensor(case["labels"]), "boxes": torch.tensor(case["targets"])}
+losses = SetCriterion(num_classes=2)(outputs, [target])
+with open(sys.argv[2] + f"/rank{rank}.json", "w") as f:
+    json.dump({k: float(v) for k, v in losses.items()}, f)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_box_count_is_averaged_over_ranks(tmp_path) -> None:
+    """Rank 0 holds 1 box, rank 1 holds 3: both normalise box losses by the mean count 2, as official DETR."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    g = torch.Generator().manual_seed(2)
+    cases = []
+    for n in (1, 3):
+        cases.append(
+            {
+                "logits": torch.randn(1, 4, 3, generator=g).tolist(),
+                "boxes": _random_boxes(4, g)[None].tolist(),
+                "labels": torch.randint(0, 2, (n,), generator=g).tolist(),
+                "targets": _random_boxes(n, g).tolist(),
+            }
+        )
+    script = tmp_path / "run.py"
+    script.write_text(DISTRIBUTED_SCRIPT)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    root = str(Path(__file__).resolve().parents[3])
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(port),
+    ]
+    subprocess.run(
+        [*command, str(script), json.dumps(cases), str(tmp_path)], env=env, check=True, timeout=120
+    )
+    for rank, (case, count) in enumerate(zip(cases, (1, 3))):
+        got = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        alone = SetCriterion(num_classes=2)(
+            {"pred_logits": torch.tensor(case["logits"]), "pred_boxes": torch.tensor(case["boxes"])},
+            [{"labels": torch.tensor(case["labels"]), "boxes": torch.tensor(case["targets"])}],
+        )
+        assert got["loss_ce"] == pytest.approx(float(alone["loss_ce"]), rel=1e-6)  # CE: per rank, unchanged
+        for key in ("loss_bbox", "loss_giou"):
+            assert got[key] == pytest.approx(float(alone[key]) * count / 2, rel=1e-5)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from fusion import fuse_batch
+from fusion import fuse_batch, make_policy
 from fusion.calibration import (
     CalibratorSet,
     apply_calibrators,
@@ -31,7 +31,12 @@ def files(tmp_path_factory):
     config = {
         "name": "trio",
         "classes": "coco80",
-        "members": [{"name": "a", "type": "predictions"}, {"name": "b", "type": "predictions"}],
+        # A full ensemble config (fusion calibrate validates it as the ensemble does); calibration reads the
+        # members' saved results given below, not these paths.
+        "members": [
+            {"name": "a", "type": "predictions", "path": str(root / "a.json")},
+            {"name": "b", "type": "predictions", "path": str(root / "b.json")},
+        ],
     }
     (root / "ens.yaml").write_text(yaml.safe_dump(config))
     records = {
@@ -92,7 +97,10 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     calibrated = apply_calibrators({n: [m[i] for i in ids] for n, m in members.items()}, expected)
     fused = fuse_batch([list(p) for p in zip(*calibrated.values())], "wbf")
     expected.fused = fit_member_calibrator(dict(zip(ids, fused)), truth, "isotonic")
+    # ... and the set records what it was fitted under: the config's policy, resolved, and the members fused.
+    expected.fused_fit = {"policy": make_policy("wbf").params.model_dump(mode="json"), "members": ["a", "b"]}
     assert loaded.to_json() == expected.to_json()
+    assert loaded.fused_fit["policy"]["type"] == "wbf" and loaded.fused_fit["policy"]["iou_thr"] == 0.55
     assert f"fused_calibrator: {path}" in out
     report = json.loads((root / "runs" / "calibrate" / "trio" / "report.json").read_text())
     before = detection_ece(members["b"], truth).value

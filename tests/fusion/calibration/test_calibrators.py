@@ -18,6 +18,7 @@ from fusion.calibration import (
     fit_calibrator,
     fit_calibrator_set,
     ground_truth_from_coco,
+    introduced_ties,
 )
 from fusion.classes import ClassMap
 from fusion.interop import from_coco_records
@@ -52,11 +53,87 @@ def test_monotone_and_exact_json_round_trip(method, seed, n, per_class):
     assert torch.equal(again.apply(scores_t, labels_t), calibrator.apply(scores_t, labels_t))
 
 
-def test_isotonic_reproduces_pav_on_a_hand_case():
-    # Scores 0.1..0.5 with outcomes 0, 1, 0, 1, 1: PAV pools (1, 0) -> 0.5, 0.5: fit 0, 0.5, 0.5, 1, 1.
+def test_isotonic_hand_case_interpolates_smoothed_blocks_at_their_centroids():
+    # Scores 0.1..0.5 with outcomes 0, 1, 0, 1, 1: PAV fits 0, .5, .5, 1, 1 -> blocks {.1}, {.2, .3}, {.4, .5}
+    # with (n, hits) = (1, 0), (2, 1), (2, 2); overall precision 0.6, one pseudo-count: y = 0.6/2, 1.6/3, 2.6/3
+    # at centroids 0.1, 0.25, 0.45; tails of 1 % slope towards 0 and 1.
     c = fit_calibrator("isotonic", [0.1, 0.2, 0.3, 0.4, 0.5], [0, 1, 0, 1, 1])
-    out = c.apply(torch.tensor([0.1, 0.2, 0.25, 0.3, 0.35, 0.5, 0.9]))
-    torch.testing.assert_close(out, torch.tensor([0.0, 0.5, 0.5, 0.5, 0.75, 1.0, 1.0]))
+    y0, y1, y2 = 0.3, 1.6 / 3, 2.6 / 3
+    assert c.default["x"] == pytest.approx([0.1, 0.25, 0.45])
+    assert c.default["y"] == pytest.approx([y0, y1, y2])
+    out = c.apply(torch.tensor([0.05, 0.1, 0.25, 0.35, 0.45, 0.9], dtype=torch.float64))
+    expected = [y0 - 0.01 * y0 * 0.5, y0, y1, (y1 + y2) / 2, y2, y2 + 0.01 * (1 - y2) * 0.45 / 0.55]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float32))
+
+
+def test_isotonic_file_without_tail_slope_keeps_flat_tails():
+    # A calibrators.json written before tail_slope existed applies exactly as it did: constant outside the knots.
+    c = Calibrator.from_json({"method": "isotonic", "default": {"x": [0.2, 0.6], "y": [0.1, 0.9]}})
+    out = c.apply(torch.tensor([0.0, 0.1, 0.4, 0.7, 1.0]))
+    torch.testing.assert_close(out, torch.tensor([0.1, 0.1, 0.5, 0.9, 0.9]))
+    assert "tail_slope" not in c.to_json()["default"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), n=st.integers(2, 400))
+def test_isotonic_introduces_no_ties_when_both_outcomes_occur(seed, n):
+    rng = np.random.default_rng(seed)
+    scores = np.unique(rng.random(n))
+    tp = rng.random(len(scores)) < scores  # any mix, as long as both outcomes occur
+    if tp.all() or not tp.any():
+        tp[0], tp[-1] = False, True
+    c = fit_calibrator("isotonic", scores, tp)
+    x, y = np.array(c.default["x"]), np.array(c.default["y"])
+    assert (np.diff(x) > 0).all() and (np.diff(y) > 0).all() and (y > 0).all() and (y < 1).all()
+    # Scores as results files hold them (3 decimals): far enough apart for float32 outputs to stay distinct.
+    probe = torch.from_numpy(np.unique(np.round(rng.random(500), 3)))
+    calibrated = c.apply(probe).double()
+    assert introduced_ties(probe, calibrated) == 0
+    assert bool((calibrated[1:] > calibrated[:-1]).all())
+
+
+def test_beta_recovers_the_generating_curve():
+    rng = np.random.default_rng(3)
+    s = rng.uniform(0.01, 0.99, 200_000)
+    a, b, c = 2.0, 0.5, -0.7
+    p = 1 / (1 + np.exp(-(a * np.log(s) - b * np.log1p(-s) + c)))
+    fitted = fit_calibrator("beta", s, rng.random(len(s)) < p).default
+    assert fitted["a"] == pytest.approx(a, abs=0.06)
+    assert fitted["b"] == pytest.approx(b, abs=0.06)
+    assert fitted["c"] == pytest.approx(c, abs=0.06)
+
+
+def test_beta_with_a_equal_b_is_temperature_scaling():
+    beta = Calibrator.from_json({"method": "beta", "default": {"a": 0.7, "b": 0.7, "c": 0.3}})
+    temperature = Calibrator.from_json({"method": "temperature", "default": {"a": 0.7, "b": 0.3}})
+    s = torch.linspace(0.01, 0.99, 99)
+    torch.testing.assert_close(beta.apply(s), temperature.apply(s))
+
+
+def test_per_class_curves_shrink_towards_the_default_by_their_count():
+    rng = np.random.default_rng(0)
+    labels = np.r_[np.zeros(900, int), np.ones(100, int)]
+    scores = rng.random(1000)
+    tp = rng.random(1000) < np.where(labels == 1, scores**3, scores)
+    c = fit_calibrator("temperature", scores, tp, labels, per_class=True, shrinkage=100)
+    assert c.class_weights == pytest.approx({0: 900 / 1000, 1: 100 / 200})
+    alone = [Calibrator.from_json({"method": "temperature", "default": c.per_class[k]}) for k in (0, 1)]
+    default = Calibrator.from_json({"method": "temperature", "default": c.default})
+    s = torch.linspace(0.05, 0.95, 19)
+    for label, w in ((0, 0.9), (1, 0.5)):
+        got = c.apply(s, torch.full_like(s, label, dtype=torch.int64))
+        torch.testing.assert_close(got, w * alone[label].apply(s) + (1 - w) * default.apply(s))
+    unshrunk = fit_calibrator("temperature", scores, tp, labels, per_class=True, shrinkage=0)
+    assert unshrunk.class_weights == {0: 1.0, 1: 1.0}
+
+
+def test_introduced_ties_counts_merged_scores_within_a_class_only():
+    raw = torch.tensor([0.1, 0.2, 0.3, 0.3, 0.9, 0.8])
+    labels = torch.tensor([0, 0, 0, 0, 1, 2])
+    calibrated = torch.tensor([0.0, 0.0, 0.5, 0.5, 0.7, 0.7])
+    # class 0: raw {.1, .2, .3} -> {0, .5}: one merge (the equal raw .3 pair was tied already); 1 vs 2: no cost.
+    assert introduced_ties(raw, calibrated, labels) == 1
+    assert introduced_ties(raw, calibrated) == 2  # one class: {.1,.2,.3,.8,.9} -> {0, .5, .7}
 
 
 def test_temperature_recovers_a_known_temperature():
@@ -140,7 +217,8 @@ def test_apply_stays_on_device_and_dtype():
     det = Detections([[0, 0, 1, 1]], [0.7], [0])
     out = apply_calibrators({"m": [det]}, {"m": c})["m"][0]
     assert out.scores.dtype == torch.float32 and out.device == det.device
-    assert float(out.scores[0]) == pytest.approx(1.0)  # between knots (0.5, 1) and (0.9, 1)
+    # 0.7 is the centroid of the block {0.5, 0.9} (2 hits of 2), smoothed towards the overall 2/3: (2 + 2/3) / 3
+    assert float(out.scores[0]) == pytest.approx(8 / 9)
 
 
 @pytest.mark.cuda

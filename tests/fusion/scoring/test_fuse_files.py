@@ -6,14 +6,14 @@ import json
 
 import numpy as np
 import pytest
-from test_evaluate import BIT_EXACT, reference_stats
 
 from fusion import fuse_batch
 from fusion.cli import main
+from fusion.coco.annotations import load_annotations
+from fusion.coco.evaluate import STAT_KEYS
 from fusion.interop import from_coco_records
-from fusion.scoring.annotations import load_annotations
-from fusion.scoring.evaluate import STAT_KEYS
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
+from tests.fusion.coco.test_evaluate import BIT_EXACT, reference_stats
 
 
 @pytest.fixture(scope="module")
