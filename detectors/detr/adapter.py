@@ -116,8 +116,9 @@ class DetrDetector(Detector):
         from .training.trainable import DetrTrainable, build_criterion, build_trainable_model
 
         cfg = cast(DetrMemberConfig, config)
-        criterion = build_criterion(cfg, len(class_map))
-        return DetrTrainable(build_trainable_model(cfg, class_map), class_map, criterion, device, cfg)
+        model = build_trainable_model(cfg, class_map)
+        criterion = build_criterion(cfg, len(class_map), model.config)
+        return DetrTrainable(model, class_map, criterion, device, cfg)
 
     @staticmethod
     def _source_classes(config: DetrMemberConfig, saved: list[str] | None, suffix: str) -> ClassMap:
