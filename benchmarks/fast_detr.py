@@ -21,16 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from fusion.scoring.annotations import load_annotations
-from fusion.scoring.evaluate import evaluate
-from fusion.scoring.predictions import Predictions
-from PIL import Image, ImageDraw
 
 from detectors.detr import build_detr, postprocess
 from detectors.detr.training import SetCriterion
 from detectors.detr.training.fast_losses import FocalSetCriterion, group_set_loss
+from fusion.coco.annotations import load_annotations
+from fusion.coco.evaluate import evaluate
+from fusion.coco.predictions import Predictions
+from fusion.synthetic.render import CLASSES, render_split_image
+from fusion.synthetic.render_scene import RenderConfig
 
-CLASSES = ("rectangle", "ellipse", "triangle")
 _PLAIN = {"d_model": 128, "num_heads": 8, "enc_layers": 2, "dec_layers": 3, "dim_feedforward": 512}
 
 #: name -> (preset, overrides)
@@ -48,45 +48,31 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
-def render_shapes(count: int, size: int = 128, seed: int = 0) -> tuple[torch.Tensor, list[dict[str, Any]]]:
-    """``count`` noisy images of 1-4 coloured shapes (3 classes, 12-60 px).
+def render_shapes(
+    count: int, size: int = 128, seed: int = 0, split: str = "train"
+) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+    """``count`` images of split ``split`` of the project's rendered dataset (:mod:`fusion.synthetic.render`).
 
     Returns:
         Normalised images ``[N, 3, size, size]`` and per image ``{"labels", "boxes" (cxcywh, normalised),
         "xywh" (pixels)}``.
     """
-    rng = np.random.default_rng(seed)
     images, targets = [], []
-    for _ in range(count):
-        background = rng.integers(0, 120, 3)
-        pixels = np.clip(background + rng.normal(0, 25, (size, size, 3)), 0, 255).astype(np.uint8)
-        canvas = Image.fromarray(pixels)
-        draw = ImageDraw.Draw(canvas)
-        labels, boxes = [], []
-        for _ in range(int(rng.integers(1, 5))):
-            w, h = (int(v) for v in rng.integers(12, 61, 2))
-            x, y = int(rng.integers(0, size - w)), int(rng.integers(0, size - h))
-            cls = int(rng.integers(0, 3))
-            colour = tuple(int(v) for v in rng.integers(130, 256, 3))
-            corners = (x, y, x + w - 1, y + h - 1)
-            if cls == 0:
-                draw.rectangle(corners, fill=colour)
-            elif cls == 1:
-                draw.ellipse(corners, fill=colour)
-            else:
-                draw.polygon([(x + w / 2, y), (x, y + h - 1), (x + w - 1, y + h - 1)], fill=colour)
-            labels.append(cls)
-            boxes.append((x, y, w, h))
-        array = torch.from_numpy(np.array(canvas)).permute(2, 0, 1).float() / 255.0
+    config = RenderConfig(image_size=size)
+    for index in range(count):
+        rendered = render_split_image(seed, split, index, config)
+        array = torch.from_numpy(np.array(rendered.pixels)).permute(2, 0, 1).float() / 255.0
         images.append((array - 0.45) / 0.25)
-        xywh = torch.tensor(boxes, dtype=torch.float32)
+        xyxy = torch.as_tensor(rendered.boxes, dtype=torch.float32).reshape(-1, 4)
+        xywh = torch.cat((xyxy[:, :2], xyxy[:, 2:] - xyxy[:, :2]), 1)
         cxcywh = torch.cat((xywh[:, :2] + xywh[:, 2:] / 2, xywh[:, 2:]), 1) / size
-        targets.append({"labels": torch.tensor(labels), "boxes": cxcywh, "xywh": xywh})
+        labels = torch.as_tensor(rendered.labels, dtype=torch.int64).reshape(-1)
+        targets.append({"labels": labels, "boxes": cxcywh, "xywh": xywh})
     return torch.stack(images), targets
 
 
 def coco_ground_truth(targets: list[dict[str, Any]], size: int) -> dict[str, Any]:
-    """COCO dict of rendered targets (image ids 1.., categories 1..3)."""
+    """COCO dict of rendered targets (image ids 1.., category ids = class index + 1)."""
     annotations = []
     for image_id, target in enumerate(targets, start=1):
         for label, box in zip(target["labels"].tolist(), target["xywh"].tolist()):
@@ -231,7 +217,7 @@ def main() -> None:
         for name, value in medians.items():
             print(f"{name:<20}{value:>8.3f}{value / base:>16.2f}")
         return
-    val = render_shapes(args.val, args.size, args.seed + 1) if args.val else None
+    val = render_shapes(args.val, args.size, args.seed, "val") if args.val else None
     print(
         f"{args.train_images} train images {args.size}px, batch {args.batch}, lr {args.lr}, "
         f"{args.seconds:.0f} s / {args.steps} steps per variant"
