@@ -2,7 +2,7 @@
 
 Built by :func:`detectors.detr.model.build_detr` for a :class:`~detectors.detr.model.DetrConfig` with
 ``deformable=True`` (preset ``detr_fast_r18``); same call and output contract as :class:`~detectors.detr.model.DETR`
-(see the output dict in :mod:`detectors.detr.model`). What each switch does and where it comes from is in
+(see the output dict in :mod:`detectors.detr.outputs`). What each switch does and where it comes from is in
 :mod:`detectors.detr.deformable_transformer`.
 
 Module tree: ``backbone`` (ResNet trunk to the deepest of ``backbone_layers`` + sine position encoding),
@@ -117,7 +117,7 @@ class DeformableDETR(nn.Module):
                 mode with denoising queries (``denoising_groups > 0``), ignored otherwise.
 
         Returns:
-            The output dict documented in :mod:`detectors.detr.model` (with ``enc_outputs`` for two-stage and,
+            The output dict documented in :mod:`detectors.detr.outputs` (with ``enc_outputs`` for two-stage and,
             in training mode with groups, ``group_outputs``).
         """
         has_mask = mask is not None

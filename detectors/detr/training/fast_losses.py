@@ -1,6 +1,6 @@
-"""Set losses for the fast-converging DETR: sigmoid focal classification, encoder proposals, query groups.
+"""Set losses for the fast-converging DETR: focal classification, encoder proposals, query groups, denoising.
 
-Written against the output dict documented in :mod:`detectors.detr.model`:
+Written against the output dict documented in :mod:`detectors.detr.outputs`:
 
 * :class:`FocalHungarianMatcher`: one-to-one matching whose class cost is the focal-loss difference
   ``α(1-p)^γ·(-log p) − (1-α)p^γ·(-log(1-p))`` of the target class (Deformable DETR's matcher; weights 2/5/2).
