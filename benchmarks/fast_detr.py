@@ -10,6 +10,10 @@ memorisation check: how fast the architecture can fit) and, with ``--val``, on h
 Variants (``VARIANTS``): ``plain`` = dense DETR (ResNet-18 to layer4, softmax CE); ``fast`` = preset
 ``detr_fast_r18`` (deformable, R18 layer2+3, box refinement, two-stage, focal); ``fast-*`` = the fast preset with
 one technique switched off, ``fast+*`` with one added (query groups, denoising): the ablation table.
+
+Measured here (2 shared CPU cores, 1 thread, 16 rendered 128-px training images, batch 4, lr 5e-4, 110 s each):
+``fast`` 76 steps, train AP 0.102 (AP50 0.200); ``plain`` 141 steps, train AP 0.0005. Step time
+(``--timing 8``, 128 px, batch 4): plain 1.21 s, plain-r18l3 0.71, fast 1.36, fast+groups 2.13, fast+dn 1.41.
 """
 
 from __future__ import annotations
