@@ -12,6 +12,7 @@ Example:
 
 from .calibration import modulate_logits, query_uncertainty
 from .checkpoint import load_checkpoint, load_official, save_checkpoint
+from .deformable_detr import DeformableDETR
 from .model import DETR, PRESETS, DetrConfig, build_detr
 from .postprocess import postprocess
 from .preprocess import nested_batch, resize_shorter_side
@@ -19,6 +20,7 @@ from .preprocess import nested_batch, resize_shorter_side
 __all__ = [
     "DETR",
     "PRESETS",
+    "DeformableDETR",
     "DetrConfig",
     "build_detr",
     "load_checkpoint",

@@ -116,8 +116,9 @@ class DetrDetector(Detector):
         from .training.trainable import DetrTrainable, build_criterion, build_trainable_model
 
         cfg = cast(DetrMemberConfig, config)
-        criterion = build_criterion(cfg, len(class_map))
-        return DetrTrainable(build_trainable_model(cfg, class_map), class_map, criterion, device, cfg)
+        model = build_trainable_model(cfg, class_map)
+        criterion = build_criterion(cfg, len(class_map), model.config)
+        return DetrTrainable(model, class_map, criterion, device, cfg)
 
     @staticmethod
     def _source_classes(config: DetrMemberConfig, saved: list[str] | None, suffix: str) -> ClassMap:
@@ -143,5 +144,11 @@ class DetrDetector(Detector):
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             outputs = self.model(tensor, mask)
         # DETR boxes are relative to each image, so they scale straight to the ORIGINAL sizes.
-        detections = postprocess(outputs, batch.sizes, score_thr=cfg.score_thr, top_k=cfg.top_k)
+        detections = postprocess(
+            outputs,
+            batch.sizes,
+            score_thr=cfg.score_thr,
+            top_k=cfg.top_k,
+            classification=self.model.config.classification,
+        )
         return [map_labels(d, self.lookup) for d in detections]

@@ -128,7 +128,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     if not isinstance(meta, dict) or not isinstance(meta.get("arch"), dict):
         raise ValueError(f"{meta_path}: expected a mapping with an 'arch:' mapping of DetrConfig fields")
     config = DetrConfig.from_dict(meta["arch"], where=str(meta_path))
-    model = DETR(config)
+    model = build_detr(config)
     state = read_safetensors(path, "DETR checkpoint")
     try:
         model.load_state_dict(state, strict=True)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["PositionEmbeddingSine"]
+__all__ = ["PositionEmbeddingSine", "box_sine_embed"]
 
 
 class PositionEmbeddingSine(nn.Module):
@@ -56,3 +56,25 @@ class PositionEmbeddingSine(nn.Module):
         pos_x = torch.stack((pos_x[:, :, :, 0::2].sin(), pos_x[:, :, :, 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[:, :, :, 0::2].sin(), pos_y[:, :, :, 1::2].cos()), dim=4).flatten(3)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)
+
+
+def box_sine_embed(coords: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
+    """Sine encoding of normalised coordinates, e.g. reference boxes (DAB-DETR / DINO query positions).
+
+    Each coordinate in ``[0, 1]`` is scaled to ``[0, 2π]`` and encoded like one axis of
+    :class:`PositionEmbeddingSine` (sin at even, cos at odd frequencies); coordinates are concatenated in order.
+
+    Args:
+        coords: ``[..., K]`` (e.g. ``K = 4`` for cxcywh boxes).
+        num_feats: Features per coordinate (even).
+        temperature: Frequency base.
+
+    Returns:
+        ``[..., K * num_feats]`` float32.
+    """
+    if num_feats % 2:
+        raise ValueError(f"num_feats must be even, got {num_feats}")
+    dim_t = torch.arange(num_feats, dtype=torch.float32, device=coords.device)
+    dim_t = temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / num_feats)
+    angles = coords.float()[..., None] * (2 * math.pi) / dim_t  # [..., K, F]
+    return torch.stack((angles[..., 0::2].sin(), angles[..., 1::2].cos()), dim=-1).flatten(-3)

@@ -20,14 +20,18 @@ def postprocess(
     image_sizes: Tensor | Sequence[tuple[int, int]],
     score_thr: float = 0.0,
     top_k: int | None = None,
+    classification: str = "softmax",
 ) -> list[Detections]:
     """Softmax, drop the no-object column, best class per query, boxes to pixels of each ORIGINAL image.
 
     Args:
-        outputs: ``pred_logits [B, Q, C+1]`` and ``pred_boxes [B, Q, 4]`` (normalised cxcywh).
+        outputs: ``pred_logits [B, Q, C+1]`` (``[B, Q, C]`` for sigmoid) and ``pred_boxes [B, Q, 4]``
+            (normalised cxcywh).
         image_sizes: ``(height, width)`` of each original image, ``[B, 2]``.
         score_thr: Keep detections with score >= this.
         top_k: Keep at most this many highest-scoring detections per image (None = all queries).
+        classification: The model's ``DetrConfig.classification``: ``softmax`` (scores = softmax without the
+            no-object column) or ``sigmoid`` (scores = per-class sigmoid; one detection per query, its best class).
 
     Returns:
         One :class:`Detections` per image: xyxy pixel boxes, scores, labels = the model's class indices
@@ -39,8 +43,12 @@ def postprocess(
     sizes = torch.as_tensor(image_sizes, dtype=torch.float32, device=logits.device).reshape(-1, 2)
     if sizes.shape[0] != batch:
         raise ValueError(f"image_sizes has {sizes.shape[0]} entries for a batch of {batch} outputs")
-    prob = logits.float().softmax(-1)
-    scores, labels = prob[..., :-1].max(-1)
+    if classification == "softmax":
+        scores, labels = logits.float().softmax(-1)[..., :-1].max(-1)
+    elif classification == "sigmoid":
+        scores, labels = logits.float().sigmoid().max(-1)
+    else:
+        raise ValueError(f"classification must be 'softmax' or 'sigmoid', got {classification!r}")
     height, width = sizes.unbind(1)
     scale = torch.stack((width, height, width, height), dim=1)[:, None, :]
     xyxy = box_convert(boxes.float(), "cxcywh", "xyxy") * scale

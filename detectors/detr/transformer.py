@@ -16,7 +16,45 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Decoder", "DecoderLayer", "Encoder", "EncoderLayer", "MultiheadAttention", "Transformer"]
+from .denoising import block_attention_mask
+
+__all__ = [
+    "MLP",
+    "Decoder",
+    "DecoderLayer",
+    "Encoder",
+    "EncoderLayer",
+    "MultiheadAttention",
+    "Transformer",
+    "group_attention_mask",
+]
+
+
+class MLP(nn.Module):
+    """``num_layers`` linear layers with ReLU between them (the official box head: ``layers.{0,1,2}``)."""
+
+    def __init__(self, input_dim: int, hidden_dim: int, output_dim: int, num_layers: int) -> None:
+        super().__init__()
+        hidden = [hidden_dim] * (num_layers - 1)
+        self.num_layers = num_layers
+        self.layers = nn.ModuleList(
+            nn.Linear(n, k) for n, k in zip([input_dim, *hidden], [*hidden, output_dim])
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        for i, layer in enumerate(self.layers):
+            x = F.relu(layer(x)) if i < self.num_layers - 1 else layer(x)
+        return x
+
+
+def group_attention_mask(
+    num_queries: int, num_groups: int, device: torch.device | None = None
+) -> Tensor | None:
+    """Group DETR's decoder self-attention mask: bool ``[G·Q, G·Q]``, True where the two queries' groups differ.
+
+    Groups are consecutive blocks of ``num_queries``; None when there is one group (nothing to block).
+    """
+    return block_attention_mask([num_queries] * num_groups, device)
 
 
 class MultiheadAttention(nn.Module):
@@ -49,9 +87,17 @@ class MultiheadAttention(nn.Module):
         return x.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        key_padding_mask: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
-        """``query [B, L, E]``, ``key``/``value [B, S, E]``, ``key_padding_mask [B, S]`` -> ``[B, L, E]``."""
+        """``query [B, L, E]``, ``key``/``value [B, S, E]``, ``key_padding_mask [B, S]`` -> ``[B, L, E]``.
+
+        ``attn_mask`` bool ``[L, S]``: True = query ``l`` may NOT attend to key ``s`` (e.g. other query groups).
+        """
         inner = self.num_heads * self.head_dim
         w, b = self.in_proj_weight, self.in_proj_bias
         if query is key:
@@ -61,12 +107,14 @@ class MultiheadAttention(nn.Module):
             q = F.linear(query, w[:inner], b[:inner])
             k = F.linear(key, w[inner : 2 * inner], b[inner : 2 * inner])
         v = F.linear(value, w[2 * inner :], b[2 * inner :])
-        attn_mask = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        allowed = None if key_padding_mask is None else ~key_padding_mask[:, None, None, :]
+        if attn_mask is not None:
+            allowed = ~attn_mask if allowed is None else allowed & ~attn_mask
         out = F.scaled_dot_product_attention(
             self._heads(q),
             self._heads(k),
             self._heads(v),
-            attn_mask=attn_mask,
+            attn_mask=allowed,
             dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(out.transpose(1, 2).flatten(2))
@@ -125,10 +173,16 @@ class DecoderLayer(_FFN):
         self.dropout3 = nn.Dropout(dropout)
 
     def forward(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor | None
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor,
+        query_pos: Tensor,
+        mask: Tensor | None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
         q = tgt + query_pos
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt)))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, q, tgt, attn_mask=self_attn_mask)))
         tgt2 = self.multihead_attn(tgt + query_pos, memory + pos, memory, mask)
         tgt = self.norm2(tgt + self.dropout2(tgt2))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
@@ -156,11 +210,17 @@ class Decoder(nn.Module):
         self.norm = nn.LayerNorm(d_model)
 
     def forward(
-        self, tgt: Tensor, memory: Tensor, pos: Tensor, query_pos: Tensor, mask: Tensor | None
+        self,
+        tgt: Tensor,
+        memory: Tensor,
+        pos: Tensor,
+        query_pos: Tensor,
+        mask: Tensor | None,
+        self_attn_mask: Tensor | None = None,
     ) -> Tensor:
         intermediate = []
         for layer in self.layers:
-            tgt = layer(tgt, memory, pos, query_pos, mask)
+            tgt = layer(tgt, memory, pos, query_pos, mask, self_attn_mask)
             intermediate.append(self.norm(tgt))
         return torch.stack(intermediate)
 
@@ -197,7 +257,12 @@ class Transformer(nn.Module):
                 nn.init.xavier_uniform_(p)
 
     def forward(
-        self, src: Tensor, mask: Tensor | None, query_embed: Tensor, pos: Tensor
+        self,
+        src: Tensor,
+        mask: Tensor | None,
+        query_embed: Tensor,
+        pos: Tensor,
+        self_attn_mask: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Run encoder and decoder.
 
@@ -206,6 +271,7 @@ class Transformer(nn.Module):
             mask: Padding mask ``[B, h, w]`` (True = padding) or None (no padding: no masking at all).
             query_embed: Learned queries ``[Q, d_model]``.
             pos: Position encoding ``[B, d_model, h, w]``.
+            self_attn_mask: Decoder self-attention mask ``[Q, Q]``, True = blocked (query groups), or None.
 
         Returns:
             Decoder outputs of every layer ``[L, B, Q, d_model]`` and the memory ``[B, h*w, d_model]``.
@@ -217,5 +283,5 @@ class Transformer(nn.Module):
         query_pos = query_embed.unsqueeze(0).expand(batch, -1, -1)
         tgt = torch.zeros_like(query_pos)
         memory = self.encoder(src, pos, key_mask)
-        hs = self.decoder(tgt, memory, pos, query_pos, key_mask)
+        hs = self.decoder(tgt, memory, pos, query_pos, key_mask, self_attn_mask)
         return hs, memory

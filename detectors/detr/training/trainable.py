@@ -28,11 +28,12 @@ from fusion.detections import Detections
 from fusion.training.trainable import Trainable, TrainTarget
 
 from ..checkpoint import load_checkpoint, load_official, save_checkpoint
-from ..model import DETR, PRESETS, build_detr
+from ..model import DETR, PRESETS, DetrConfig, build_detr
 from ..postprocess import postprocess
 from ..preprocess import nested_batch, resize_shorter_side
 from .criterion import SetCriterion
 from .distill import DetrDistiller, KDSettings, capture_memory
+from .fast_losses import criterion_for
 from .matcher import HungarianMatcher
 
 if TYPE_CHECKING:
@@ -42,15 +43,23 @@ __all__ = ["DetrTrainable", "build_criterion", "build_trainable_model"]
 
 _CRITERION_KEYS = ("eos_coef", "weight_ce", "weight_bbox", "weight_giou", "mixing_weight", "mixing_lambda")
 _MATCHER_KEYS = ("cost_class", "cost_bbox", "cost_giou")
+_FOCAL_KEYS = ("weight_focal", "weight_bbox", "weight_giou", "alpha", "gamma")
 
 
-def build_criterion(config: DetrMemberConfig, num_classes: int) -> SetCriterion:
-    """The set criterion of ``config.loss``: :class:`SetCriterion` weights plus the matcher's ``cost_*``."""
-    unknown = sorted(set(config.loss) - {*_CRITERION_KEYS, *_MATCHER_KEYS})
+def build_criterion(config: DetrMemberConfig, num_classes: int, arch: DetrConfig | None = None) -> nn.Module:
+    """The set criterion of ``config.loss`` for a model of architecture ``arch`` (None: a softmax DETR).
+
+    Softmax: :class:`SetCriterion` weights plus the matcher's ``cost_*`` (wrapped for query groups).
+    Sigmoid (the fast DETR): :class:`~detectors.detr.training.fast_losses.FocalSetCriterion` settings
+    ``weight_focal``, ``weight_bbox``, ``weight_giou``, ``alpha``, ``gamma`` plus ``cost_*``.
+    """
+    sigmoid = arch is not None and arch.classification == "sigmoid"
+    known = [*(_FOCAL_KEYS if sigmoid else _CRITERION_KEYS), *_MATCHER_KEYS]
+    unknown = sorted(set(config.loss) - set(known))
     if unknown:
-        raise ValueError(
-            f"member {config.name!r}: unknown loss settings {unknown}; known: {[*_CRITERION_KEYS, *_MATCHER_KEYS]}"
-        )
+        raise ValueError(f"member {config.name!r}: unknown loss settings {unknown}; known: {known}")
+    if arch is not None:
+        return criterion_for(dataclasses.replace(arch, num_classes=num_classes), **config.loss)
     costs = {k: v for k, v in config.loss.items() if k in _MATCHER_KEYS}
     settings = {k: v for k, v in config.loss.items() if k in _CRITERION_KEYS}
     return SetCriterion(num_classes, HungarianMatcher(**costs), **settings)
@@ -92,7 +101,8 @@ class DetrTrainable(Trainable):
     Args:
         model: The DETR to train (moved to ``device``).
         class_map: The job's vocabulary (logit ``i`` = ``class_map.names[i]``).
-        criterion: The set criterion (its per-loss weights scale the returned losses).
+        criterion: The set criterion (its per-loss weights scale the returned losses): a
+            :class:`SetCriterion`, or what :func:`build_criterion` makes for the model's architecture.
         device: Where the model runs.
         member: The member config; its ``score_thr``, ``top_k``, ``min_size``, ``max_size`` rule validation
             predictions exactly as the exported member will run.
@@ -104,7 +114,7 @@ class DetrTrainable(Trainable):
         self,
         model: DETR,
         class_map: ClassMap,
-        criterion: SetCriterion,
+        criterion: nn.Module,
         device: torch.device,
         member: DetrMemberConfig,
     ) -> None:
@@ -133,8 +143,9 @@ class DetrTrainable(Trainable):
         batch, mask = nested_batch(images)
         self.model.train()
         self.criterion.train()
-        outputs = self.model(batch, mask)
-        return self.criterion.weighted(self.criterion(outputs, self._normalised_targets(images, targets)))
+        normalised = self._normalised_targets(images, targets)
+        outputs = self.model(batch, mask, targets=normalised)  # denoising queries need the ground truth
+        return self.criterion.weighted(self.criterion(outputs, normalised))
 
     def distill_modules(self, teacher: Trainable, weights: Mapping[str, Any]) -> nn.Module:
         """The :class:`~detectors.detr.training.distill.DetrDistiller` for ``teacher`` (its feature adapter, if
@@ -177,11 +188,12 @@ class DetrTrainable(Trainable):
         self.model.train()
         self.criterion.train()
         distiller.train()
+        normalised = self._normalised_targets(images, targets)
         with capture_memory(self.model, settings.feature > 0) as student_memory:
-            outputs = self.model(batch, mask)
+            outputs = self.model(batch, mask, targets=normalised)
         losses: dict[str, Tensor] = {}
         if settings.gt > 0:
-            gt = self.criterion(outputs, self._normalised_targets(images, targets))
+            gt = self.criterion(outputs, normalised)
             losses.update({k: v * settings.gt for k, v in self.criterion.weighted(gt).items()})
         losses.update(distiller(outputs, teacher_out, student_memory, teacher_memory))
         return losses
@@ -236,7 +248,13 @@ class DetrTrainable(Trainable):
         self.model.eval()
         with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
             outputs = self.model(batch, mask)
-        return postprocess(outputs, sizes, score_thr=cfg.score_thr, top_k=cfg.top_k)
+        return postprocess(
+            outputs,
+            sizes,
+            score_thr=cfg.score_thr,
+            top_k=cfg.top_k,
+            classification=_classification(self.model),
+        )
 
     def export(self, out_dir: Path, stem: str) -> dict[str, Any]:
         """Write ``<stem>.safetensors`` + ``<stem>.yaml`` (architecture, class names) under ``out_dir``.
