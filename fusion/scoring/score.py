@@ -99,6 +99,10 @@ def score(
     from fusion.io import run_dir
     from fusion.scoring.distributed import init_distributed
 
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size (--batch-size) must be at least 1, got {batch_size!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers (--workers) must be 0 or more, got {num_workers}")
     cfg = _resolve_config(config, overrides)
     backend = resolve_backend(backend)
     gt = load_annotations(annotations)
@@ -122,7 +126,7 @@ def score(
             ensemble.member_names,
             _fingerprint(cfg, gt, shard, dist.world_size),
         )
-        loader = _Loader(gt, images, batch_size or cfg.batch_size, num_workers)
+        loader = _Loader(gt, images, cfg.batch_size if batch_size is None else batch_size, num_workers)
         _run_members(ensemble, cache, cache.open(resume), shard, loader, on_batch, talk, verbose)
         gathered = dist.gather(cache.load())
         if not dist.is_main or gathered is None:
@@ -172,7 +176,7 @@ def _run_members(
     results (dataset category ids) to ``cache``; detections of classes the dataset lacks are counted, not scored."""
     from tqdm.auto import tqdm
 
-    from fusion.scoring.dataset import make_loader
+    from fusion.scoring.dataset import iterate_batches, make_loader
 
     gt = loader.gt
     table = ensemble.class_map.translation_to(gt.class_map, strict=False)
@@ -184,7 +188,7 @@ def _run_members(
         name = ensemble.config.name
         bar = tqdm(total=len(shard), initial=done, desc=f"score {name}", unit="img", disable=not talk)
         with torch.inference_mode():
-            for batch_images, ids, _ in batches:
+            for batch_images, ids, _ in iterate_batches(batches):
                 outputs = ensemble.run_members(ensemble.load(batch_images, ids))
                 converted = {}
                 for member, dets in zip(ensemble.member_names, outputs):
