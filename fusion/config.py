@@ -26,6 +26,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from fusion.io import read_text_file
 from fusion.registry import DETECTORS, POLICIES, Registry, UnknownNameError
 
 __all__ = [
@@ -35,6 +36,8 @@ __all__ = [
     "apply_overrides",
     "load_ensemble_config",
     "load_yaml",
+    "parse_yaml",
+    "shorten",
 ]
 
 
@@ -72,19 +75,80 @@ class EnsembleConfigBase(BaseModel):
     @classmethod
     def _check_device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {shorten(value, 40)}")
         return value
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (``yaml.safe_load``: configs are data, never code)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
+# A config is a few hundred YAML nodes; aliases that expand past this are an alias bomb, refused before expansion.
+MAX_YAML_NODES = 100_000
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: error messages never echo a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has with every alias expanded, counted without expanding (a shared node's size
+    is computed once); a node that contains itself counts as unbounded."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return MAX_YAML_NODES + 1
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total = min(total, MAX_YAML_NODES + 1)
+        return total
+
+    return size(root)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``yaml.safe_load`` of ``text`` with one-line errors naming ``where``, and aliases bounded.
+
+    Raises:
+        ConfigError: not valid YAML, nested too deeply, or aliases expanding past :data:`MAX_YAML_NODES` nodes.
+    """
+    loader = yaml.SafeLoader(text)
     try:
-        data = yaml.safe_load(path.read_text())
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_NODES:
+            raise ConfigError(
+                f"{where}: its aliases (*name) expand to more than {MAX_YAML_NODES} values; refused (a config "
+                "is a few hundred)"
+            )
+        return loader.construct_document(node)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise ConfigError(f"{where}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping (``yaml.safe_load``: configs are data, never code; aliases bounded)."""
+    path = Path(path)
+    data = parse_yaml(read_text_file(path, "config file"), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -95,7 +159,7 @@ def _parse_path(dotted: str) -> list[str | int]:
     for token in re.findall(r"[^.\[\]]+", dotted):
         parts.append(int(token) if token.lstrip("-").isdigit() else token)
     if not parts:
-        raise ConfigError(f"override {dotted!r}: empty path")
+        raise ConfigError(f"override {shorten(dotted)}: empty path")
     return parts
 
 
@@ -111,9 +175,10 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {override!r} must look like dotted.path=value")
+            raise ConfigError(f"override {shorten(override)} must look like dotted.path=value")
         path = _parse_path(key.strip())
-        value = yaml.safe_load(raw) if raw.strip() else None
+        override = shorten(override)[1:-1]  # what the messages below echo
+        value = parse_yaml(raw, f"override {key.strip()}={shorten(raw)}") if raw.strip() else None
         node: Any = result
         for depth, part in enumerate(path[:-1]):
             where = _format_path(path[: depth + 1])
@@ -158,7 +223,7 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
     if isinstance(members, list):
         for index, member in enumerate(members):
             if not isinstance(member, dict):
-                problems.append(f"members[{index}]: expected a mapping, got {member!r}")
+                problems.append(f"members[{index}]: expected a mapping, got {shorten(member)}")
             elif "type" not in member:
                 problems.append(f"members[{index}].type: missing; one of {', '.join(DETECTORS.names())}")
             else:
@@ -166,7 +231,7 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
                     DETECTORS.get(str(member["type"]))
                     member_types.add(str(member["type"]))
                 except UnknownNameError as exc:
-                    problems.append(f"members[{index}].type: {exc}")
+                    problems.append(f"members[{index}].type: {str(exc)[:300]}")
     policy_types: set[str] = set()
     fusion = data.get("fusion")
     if isinstance(fusion, dict):
@@ -174,7 +239,7 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
             POLICIES.get(str(fusion.get("type", "wbf")))
             policy_types.add(str(fusion.get("type", "wbf")))
         except UnknownNameError as exc:
-            problems.append(f"fusion.type: {exc}")
+            problems.append(f"fusion.type: {str(exc)[:300]}")
     if problems:
         raise ConfigError(f"{source}: invalid ensemble config:\n  " + "\n  ".join(problems))
     return member_types, policy_types
@@ -190,11 +255,14 @@ def _format_errors(error: ValidationError, tags: set[str], source: str) -> str:
             if not (i > 0 and part in tags and isinstance(part, str))
         ]
         got = (
-            f" (got {item['input']!r})"
-            if item["type"] not in ("missing",) and not isinstance(item["input"], dict)
+            f" (got {shorten(item['input'])})"
+            if item["type"] not in ("missing",)
+            and not isinstance(item["input"], dict)
+            and shorten(item["input"]) not in item["msg"]
             else ""
         )
-        lines.append(f"{_format_path(loc)}: {item['msg']}{got}")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{_format_path(loc)[:200]}: {message[:300]}{got}")
     return f"{source}: invalid ensemble config:\n  " + "\n  ".join(lines)
 
 

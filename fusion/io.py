@@ -23,6 +23,7 @@ __all__ = [
     "check_run_name",
     "lock_run_dir",
     "paused_gc",
+    "read_text_file",
     "run_dir",
 ]
 
@@ -87,6 +88,23 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 
 def atomic_write_yaml(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; errors name the file (missing, a folder, unreadable, not UTF-8)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; a file was expected")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    except PermissionError:
+        raise PermissionError(f"{what} {path} cannot be read: permission denied") from None
 
 
 def check_run_name(name: str, where: str = "name") -> str:

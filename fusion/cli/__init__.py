@@ -51,8 +51,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fusion.io import RunLockedError
     from fusion.registry import UnknownNameError
 
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Warnings are for the user here: one line each, without the source line that raised them.
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
@@ -61,9 +65,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError, UnknownNameError, KeyError, RunLockedError) as exc:
         if os.environ.get("FUSION_DEBUG"):
             raise
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"fusion {args.command}: error: {message}", file=sys.stderr)
+        print(f"fusion {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
+
+
+# The longest error message printed: a message echoing a huge input is cut, never printed whole.
+MAX_MESSAGE = 4000
+
+
+def _message(exc: BaseException) -> str:
+    """What the user reads: the message alone, an OS error as ``<file>: <reason>``, never more than MAX_MESSAGE."""
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, IsADirectoryError) and exc.filename is not None:
+        text = f"{exc.filename} is a folder; a file was expected"
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc)
+    return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}... ({len(text)} characters; cut)"
 
 
 if __name__ == "__main__":

@@ -100,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
         overrides.append(f"batch_size={args.batch_size}")
     if args.device is not None:
+        resolve_device(args.device, "--device")
         overrides.append(f"device={args.device}")
     if not sources:
         raise ValueError("no SOURCE given: name image files, folders or glob patterns")

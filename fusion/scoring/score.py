@@ -95,7 +95,7 @@ def score(
         The ``metrics.json`` dict (on rank 0; ``None`` on other ranks under ``torchrun``).
     """
     from fusion.coco.evaluate import resolve_backend
-    from fusion.ensemble import Ensemble
+    from fusion.ensemble import Ensemble, resolve_device
     from fusion.io import run_dir
     from fusion.scoring.distributed import init_distributed
 
@@ -103,6 +103,8 @@ def score(
         raise ValueError(f"batch_size (--batch-size) must be at least 1, got {batch_size!r}")
     if num_workers < 0:
         raise ValueError(f"num_workers (--workers) must be 0 or more, got {num_workers}")
+    if device is not None:
+        resolve_device(device, "device (--device)")  # said before any file is read or written
     cfg = _resolve_config(config, overrides)
     backend = resolve_backend(backend)
     gt = load_annotations(annotations)
