@@ -77,6 +77,24 @@ def resolve_device(device: str | torch.device, where: str = "device") -> torch.d
     return resolved
 
 
+def _build_member(index: int, member: Any, class_map: ClassMap, device: torch.device) -> Detector:
+    """The adapter of ``members[index]``; an unexpected failure of a third-party loader (a weights file that is not
+    a checkpoint: ``IndexError``, ``UnpicklingError``, ``RuntimeError``, ...) becomes a ``ValueError`` naming the
+    member, its type and the first line of the loader's message. Errors that already say what is wrong pass."""
+    from fusion.registry import UnknownNameError
+
+    try:
+        return DETECTORS.get(member.type)(member, class_map, device)
+    except (ValueError, OSError, UnknownNameError, KeyError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ValueError(
+            f"members[{index}] ({member.name!r}, type {member.type}): cannot be loaded: "
+            f"{type(exc).__name__}: {first or 'no message'}"
+        ) from exc
+
+
 def _same_kind(exc: Exception, message: str) -> Exception:
     """``message`` as a FileNotFoundError or a ValueError, whichever ``exc`` is (some of their subclasses, e.g.
     ``UnicodeDecodeError``, cannot be built from a message alone)."""
@@ -117,8 +135,8 @@ class Ensemble:
                     stacklevel=2,
                 )
         self.members: list[Detector] = [
-            DETECTORS.get(member.type)(member, self.class_map, self.device)
-            for member in config.members  # type: ignore[attr-defined]
+            _build_member(index, member, self.class_map, self.device)
+            for index, member in enumerate(config.members)  # type: ignore[attr-defined]
         ]
         self.augmentations: list[Augmentation] = augmentations_from_config(config.tta)
         self._passes: list[tuple[int, Augmentation | None]] = []

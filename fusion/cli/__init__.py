@@ -78,9 +78,9 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])
     elif isinstance(exc, IsADirectoryError) and exc.filename is not None:
-        text = f"{exc.filename} is a folder; a file was expected"
+        text = f"{str(exc.filename)[:300]} is a folder; a file was expected"
     elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror}"
+        text = f"{str(exc.filename)[:300]}: {exc.strerror}"
     else:
         text = str(exc)
     return text if len(text) <= MAX_MESSAGE else f"{text[:MAX_MESSAGE]}... ({len(text)} characters; cut)"

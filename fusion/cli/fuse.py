@@ -84,8 +84,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fusion.ensemble import resolve_device
     from fusion.scoring.fuse_files import fuse_files
 
+    resolve_device(args.device, "--device")  # said before any file is read
     policy, params = parse_policy(args.policy)
     fuse_files(
         args.predictions,

@@ -81,8 +81,15 @@ def split_sources(items: list[str]) -> tuple[list[str], list[str]]:
     """``(sources, overrides)``: an item with ``=`` that is not an existing path is an override."""
     sources, overrides = [], []
     for item in items:
-        (overrides if "=" in item and not Path(item).exists() else sources).append(item)
+        (overrides if "=" in item and not _exists(item) else sources).append(item)
     return sources, overrides
+
+
+def _exists(item: str) -> bool:
+    try:
+        return Path(item).exists()
+    except OSError:  # e.g. a name too long for the file system: an override, not a file
+        return False
 
 
 def run(args: argparse.Namespace) -> int:
