@@ -178,6 +178,9 @@ def run_dir(
         candidate.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise PermissionError(f"cannot create the run folder {candidate}: permission denied") from None
+    except (NotADirectoryError, FileExistsError):  # a file somewhere on the way
+        blocking = next((p for p in candidate.parents if p.exists() and not p.is_dir()), candidate)
+        raise ValueError(f"cannot write runs under {blocking}: it is a file, not a folder") from None
     if not os.access(candidate, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write into the run folder {candidate}: permission denied")
     return lock_run_dir(candidate) if lock else candidate

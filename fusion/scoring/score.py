@@ -189,7 +189,7 @@ def _run_members(
         )
         name = ensemble.config.name
         bar = tqdm(total=len(shard), initial=done, desc=f"score {name}", unit="img", disable=not talk)
-        with torch.inference_mode():
+        with bar, torch.inference_mode():  # the bar's line is ended also on an error, which then prints alone
             for batch_images, ids, _ in iterate_batches(batches):
                 outputs = ensemble.run_members(ensemble.load(batch_images, ids))
                 converted = {}
@@ -201,7 +201,6 @@ def _run_members(
                 bar.update(len(ids))
                 if on_batch is not None:
                     on_batch(done)
-        bar.close()
     if dropped and verbose:
         missing = [n for n, j in zip(ensemble.class_map.names, table.tolist()) if j < 0]
         print(
