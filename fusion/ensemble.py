@@ -71,7 +71,9 @@ def resolve_device(device: str | torch.device, where: str = "device") -> torch.d
             raise ValueError(f"{where} {resolved} was asked for but {absent} here; devices here: {valid}")
     elif resolved.type == "mps":
         if "mps" not in valid:
-            raise ValueError(f"{where} mps was asked for but MPS is not available here; devices here: {valid}")
+            raise ValueError(
+                f"{where} mps was asked for but MPS is not available here; devices here: {valid}"
+            )
     elif resolved.type != "cpu":
         raise ValueError(f"{where} {resolved} is not supported; devices here: {valid}")
     return resolved

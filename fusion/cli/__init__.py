@@ -47,19 +47,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     traceback, and give exit status 2; set ``FUSION_DEBUG=1`` for the traceback.
     """
     import os
+    import warnings
 
     from fusion.io import RunLockedError
     from fusion.registry import UnknownNameError
 
-    import warnings
-
     parser = build_parser()
     args = parser.parse_args(argv)
-    # Warnings are for the user here: one line each, without the source line that raised them.
-    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    # Warnings are for the user here: one line each, without the source line that raised them.
+    formatwarning = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_: f"warning: {message}\n"
     try:
         return int(args.run(args) or 0)
     except (ValueError, OSError, UnknownNameError, KeyError, RunLockedError) as exc:
@@ -67,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fusion {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = formatwarning
 
 
 # The longest error message printed: a message echoing a huge input is cut, never printed whole.

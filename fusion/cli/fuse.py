@@ -24,7 +24,9 @@ def parse_policy(tokens: list[str] | None) -> tuple[str | None, dict[str, Any]]:
         if not sep or not key:
             raise ValueError(f"--policy: expected key=value after the policy name, got {token!r}")
         if key == "type":
-            raise ValueError("--policy: give the policy's name as the first word (e.g. --policy nms), not type=...")
+            raise ValueError(
+                "--policy: give the policy's name as the first word (e.g. --policy nms), not type=..."
+            )
         params[key] = parse_yaml(raw, f"--policy {key}={shorten(raw)}")
     return name or "wbf", params
 

@@ -35,7 +35,8 @@ def test_checkpoint_records_length_and_sha256_of_the_written_bytes(tmp_path: Pat
     written = {"a": b'{"n": 1}\n{"n": 2}\n', "b": b'{"n": 10}\n{"n": 11}\n'}
     assert progress["done"] == 4
     assert progress["streams"] == {
-        name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()} for name, data in written.items()
+        name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        for name, data in written.items()
     }
 
 
@@ -84,7 +85,11 @@ def test_an_unreadable_checkpoint_is_named(tmp_path: Path, content: bytes) -> No
 
 def test_a_checkpoint_of_the_old_format_is_not_trusted(tmp_path: Path) -> None:
     (tmp_path / "a.jsonl").write_bytes(b"\0" * 40)
-    old = {"fingerprint": JsonlCache(tmp_path, ["a"], FINGERPRINT).fingerprint, "done": 4, "offsets": {"a": 40}}
+    old = {
+        "fingerprint": JsonlCache(tmp_path, ["a"], FINGERPRINT).fingerprint,
+        "done": 4,
+        "offsets": {"a": 40},
+    }
     (tmp_path / "progress.json").write_text(json.dumps(old))
     with pytest.warns(CacheMismatchWarning, match="another version"):
         assert JsonlCache(tmp_path, ["a"], FINGERPRINT).open() == 0
@@ -140,7 +145,9 @@ def test_score_reruns_a_deleted_or_truncated_member_cache(dataset: Path, damage:
         assert again[key] == full[key], key
 
 
-def test_a_second_process_cannot_score_into_a_held_run(dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_second_process_cannot_score_into_a_held_run(
+    dataset: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     root = dataset / "runs"
     holder = subprocess.Popen(
         [

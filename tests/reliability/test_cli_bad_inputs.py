@@ -30,7 +30,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (root / "bad_images" / image["file_name"]).write_bytes(b"not an image")
     synthetic_predictions(data, detections_per_image=5, seed=1).save(root / "a.json")
     synthetic_predictions(data, detections_per_image=5, seed=2).save(root / "b.json")
-    member = '{{name: {0}, type: predictions, path: {0}.json, classes: coco91}}'
+    member = "{{name: {0}, type: predictions, path: {0}.json, classes: coco91}}"
     (root / "c.yaml").write_text(
         f"name: c\ndevice: cpu\nmembers:\n- {member.format('a')}\n- {member.format('b')}\n"
     )
@@ -71,7 +71,10 @@ CASES = [
     (["predict", "--config", "images", "a.png"], "config file images is a folder; a file was expected"),
     (["predict", "--config", "latin1.yaml", "a.png"], "latin1.yaml: not UTF-8 text (byte 0xe9 at offset 9)"),
     (["predict", "--config", "empty.yaml", "a.png"], "empty.yaml: expected a mapping at the top level"),
-    (["predict", "--config", "list.yaml", "a.png"], "list.yaml: expected a mapping at the top level, got list"),
+    (
+        ["predict", "--config", "list.yaml", "a.png"],
+        "list.yaml: expected a mapping at the top level, got list",
+    ),
     (["predict", "--config", "bomb.yaml", "a.png"], "bomb.yaml: its aliases (*name) expand to more than"),
     ([*SCORE[:2], "bomb.yaml", *SCORE[3:]], "bomb.yaml: its aliases (*name) expand to more than"),
     (["calibrate", "--config", "latin1.yaml", "--annotations", "gt.json"], "latin1.yaml: not UTF-8 text"),

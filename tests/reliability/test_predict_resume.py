@@ -3,6 +3,7 @@ unreadable image stops the run with one line naming it, or is skipped and listed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -32,12 +33,18 @@ def _images(folder: Path, count: int, seed: int = 0) -> Path:
 
 
 def _command(images: Path, name: str) -> list[str]:
-    return [sys.executable, "-m", "fusion", "predict", "--config", "tiny", str(images), YOLO, "batch_size=1"] + [
-        "--name",
-        name,
-        "--device",
-        "cpu",
+    fusion = [
+        sys.executable,
+        "-m",
+        "fusion",
+        "predict",
+        "--config",
+        "tiny",
+        str(images),
+        YOLO,
+        "batch_size=1",
     ]
+    return [*fusion, "--name", name, "--device", "cpu"]
 
 
 def _env() -> dict[str, str]:
@@ -53,15 +60,17 @@ def test_kill_9_then_the_same_command_gives_identical_files(tmp_path: Path) -> N
 
     progress = tmp_path / "runs" / "predict" / "killed" / "cache" / "progress.json"
     victim = subprocess.Popen(
-        _command(images, "killed"), cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        _command(images, "killed"),
+        cwd=tmp_path,
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     done = 0
     while victim.poll() is None and done < 3:
         time.sleep(0.05)
-        try:
+        with contextlib.suppress(OSError, ValueError, KeyError):  # not written yet, or being replaced
             done = json.loads(progress.read_text())["done"]
-        except (OSError, ValueError, KeyError):
-            pass
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL  # killed mid-run, not finished
     killed = tmp_path / "runs" / "predict" / "killed"
@@ -71,7 +80,10 @@ def test_kill_9_then_the_same_command_gives_identical_files(tmp_path: Path) -> N
     resumed = run("killed")
     assert resumed.returncode == 0, resumed.stderr
     full = tmp_path / "runs" / "predict" / "full"
-    assert sorted(p.name for p in (tmp_path / "runs" / "predict").iterdir()) == ["full", "killed"]  # no killed2
+    assert sorted(p.name for p in (tmp_path / "runs" / "predict").iterdir()) == [
+        "full",
+        "killed",
+    ]  # no killed2
     for file in ("predictions.json", "images.json", "config.yaml"):
         assert (killed / file).read_bytes() == (full / file).read_bytes(), file
     assert len(json.loads((full / "predictions.json").read_text())) > 0
@@ -104,7 +116,11 @@ def test_skip_bad_images_lists_them_and_keeps_the_others(
     assert [line.split("\t")[0] for line in skipped] == [str(images / "im01.png"), str(images / "im03.png")]
     assert all("cannot read image file" in line for line in skipped)
     index = json.loads((out / "images.json").read_text())["images"]
-    assert [(im["id"], Path(im["file_name"]).name) for im in index] == [(1, "im00.png"), (3, "im02.png"), (5, "im04.png")]
+    assert [(im["id"], Path(im["file_name"]).name) for im in index] == [
+        (1, "im00.png"),
+        (3, "im02.png"),
+        (5, "im04.png"),
+    ]
     records = json.loads((out / "predictions.json").read_text())
     assert {r["image_id"] for r in records} == {1, 3, 5}
     assert "2 unreadable image(s) skipped" in capsys.readouterr().err
