@@ -26,6 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import torch
+
+    from fusion.detector import ImageBatch
+    from fusion.ensemble import Ensemble
     from fusion.scoring.cache import JsonlCache
 
 __all__ = ["add_parser"]
@@ -158,7 +162,7 @@ def _open_run_dir(name: str, args: argparse.Namespace, fingerprint: dict) -> tup
     """The run folder and whether to resume in it: the first ``<name>``, ``<name>2``, ... holding an unfinished run
     with the same fingerprint is resumed (unless ``--no-resume``); otherwise a new folder as ``run_dir`` picks."""
     from fusion.io import run_dir
-    from fusion.scoring.cache import JsonlCache, read_progress
+    from fusion.scoring.cache import canonical, read_progress
 
     if not args.no_resume:
         base, suffix = Path(args.project) / "predict", 2
@@ -167,13 +171,15 @@ def _open_run_dir(name: str, args: argparse.Namespace, fingerprint: dict) -> tup
             progress_path = base / candidate / "cache" / "progress.json"
             if progress_path.is_file():
                 progress = read_progress(progress_path)
-                if progress.get("fingerprint") == JsonlCache(base, [], fingerprint).fingerprint:
+                if progress.get("fingerprint") == canonical(fingerprint):
                     return run_dir("predict", candidate, root=args.project, exist_ok=True), True
             candidate, suffix = f"{name}{suffix}", suffix + 1
     return run_dir("predict", name, root=args.project, exist_ok=args.exist_ok), False
 
 
-def _load_chunk(chunk: list[Path], ids: list[int], device, skip_bad: bool):
+def _load_chunk(
+    chunk: list[Path], ids: list[int], device: torch.device, skip_bad: bool
+) -> tuple[ImageBatch, list[str]]:
     """The chunk's readable images as an ImageBatch, and ``"<file>\t<why>"`` of those skipped."""
     from fusion.detector import ImageBatch
     from fusion.images import to_image_tensor
@@ -186,7 +192,7 @@ def _load_chunk(chunk: list[Path], ids: list[int], device, skip_bad: bool):
             if not skip_bad:
                 hint = " (--skip-bad-images skips such files and lists them in skipped.txt)"
                 raise ValueError(f"{exc}{hint}") from None
-            skipped.append(f"{path}\t{exc}")
+            skipped.append(f"{path}\t{' '.join(str(exc).split())}")  # one line per file
             continue
         kept_ids.append(image_id)
         paths.append(str(path))
@@ -194,7 +200,12 @@ def _load_chunk(chunk: list[Path], ids: list[int], device, skip_bad: bool):
 
 
 def _predict_into(
-    cache: JsonlCache, done: int, ensemble, files: list[Path], args: argparse.Namespace, out_dir: Path
+    cache: JsonlCache,
+    done: int,
+    ensemble: Ensemble,
+    files: list[Path],
+    args: argparse.Namespace,
+    out_dir: Path,
 ) -> None:
     """Run the ensemble on ``files[done:]`` one batch at a time, appending each batch to ``cache``."""
     from tqdm import tqdm

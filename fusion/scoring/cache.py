@@ -28,7 +28,7 @@ from typing import Any
 from fusion.coco.predictions import Predictions, read_jsonl
 from fusion.io import atomic_write_json
 
-__all__ = ["CacheMismatchWarning", "JsonlCache", "MemberCache", "read_progress"]
+__all__ = ["CacheMismatchWarning", "JsonlCache", "MemberCache", "canonical", "read_progress"]
 
 _VERSION = 2
 _CHUNK = 1 << 20
@@ -53,6 +53,11 @@ def read_progress(path: Path) -> dict[str, Any]:
             "delete the run folder or start afresh (--no-resume)"
         )
     return progress
+
+
+def canonical(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
+    """``fingerprint`` as it reads back from ``progress.json`` (JSON types, sorted keys), for comparison."""
+    return json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
 
 
 def _short(exc: Exception) -> str:
@@ -86,7 +91,7 @@ class JsonlCache:
     def __init__(self, folder: str | Path, names: list[str], fingerprint: Mapping[str, Any]) -> None:
         self.folder = Path(folder)
         self.names = list(names)
-        self.fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True, default=str))
+        self.fingerprint = canonical(fingerprint)
         self.done = 0
         self.lengths = dict.fromkeys(self.names, 0)
         self._digests = {name: hashlib.sha256() for name in self.names}
