@@ -43,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``fusion`` console script; returns the exit status.
 
     Errors users can fix (bad config, missing or unreadable file, unknown name, a run folder another process is
-    writing) are printed as one clear line, without a
-    traceback, and give exit status 2; set ``FUSION_DEBUG=1`` for the traceback.
+    writing) are printed as one clear line, without a traceback, and give exit status 2 (messages longer than
+    ``MAX_MESSAGE`` are cut); Ctrl-C gives status 130. Set ``FUSION_DEBUG=1`` for the traceback.
     """
     import os
     import warnings
@@ -67,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"fusion {args.command}: error: {_message(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("FUSION_DEBUG"):
+            raise
+        # Runs checkpoint as they go: the same command resumes `score` and `predict`.
+        print(f"\nfusion {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = formatwarning
 
