@@ -23,13 +23,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
-from fusion.io import read_text_file
+from fusion.io import MAX_YAML_NODES, read_text_file, shorten
+from fusion.io import parse_yaml as _parse_yaml
 from fusion.registry import DETECTORS, POLICIES, Registry, UnknownNameError
 
 __all__ = [
+    "MAX_YAML_NODES",
     "ConfigError",
     "EnsembleConfigBase",
     "TTAConfig",
@@ -79,72 +80,10 @@ class EnsembleConfigBase(BaseModel):
         return value
 
 
-# A config is a few hundred YAML nodes; aliases that expand past this are an alias bomb, refused before expansion.
-MAX_YAML_NODES = 100_000
-
-
-def shorten(value: Any, limit: int = 80) -> str:
-    """``repr(value)`` cut to about ``limit`` characters: error messages never echo a huge input."""
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
-
-
-def _expanded_size(root: yaml.Node) -> int:
-    """How many nodes the document has with every alias expanded, counted without expanding (a shared node's size
-    is computed once); a node that contains itself counts as unbounded."""
-    sizes: dict[int, int] = {}
-    active: set[int] = set()
-
-    def size(node: yaml.Node) -> int:
-        key = id(node)
-        if key in sizes:
-            return sizes[key]
-        if key in active:
-            return MAX_YAML_NODES + 1
-        active.add(key)
-        total = 1
-        if isinstance(node, yaml.SequenceNode):
-            total += sum(size(child) for child in node.value)
-        elif isinstance(node, yaml.MappingNode):
-            total += sum(size(k) + size(v) for k, v in node.value)
-        active.discard(key)
-        sizes[key] = total = min(total, MAX_YAML_NODES + 1)
-        return total
-
-    return size(root)
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    mark = getattr(exc, "problem_mark", None)
-    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-    return (
-        f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
-    )
-
-
 def parse_yaml(text: str, where: str) -> Any:
-    """``yaml.safe_load`` of ``text`` with one-line errors naming ``where``, and aliases bounded.
-
-    Raises:
-        ConfigError: not valid YAML, nested too deeply, or aliases expanding past :data:`MAX_YAML_NODES` nodes.
-    """
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node) > MAX_YAML_NODES:
-            raise ConfigError(
-                f"{where}: its aliases (*name) expand to more than {MAX_YAML_NODES} values; refused (a config "
-                "is a few hundred)"
-            )
-        return loader.construct_document(node)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
-    except RecursionError:
-        raise ConfigError(f"{where}: YAML nested too deeply") from None
-    finally:
-        loader.dispose()
+    """:func:`fusion.io.parse_yaml` (bounded ``yaml.safe_load``, one-line errors naming ``where``) raising
+    :class:`ConfigError`."""
+    return _parse_yaml(text, where, error=ConfigError)
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -242,6 +181,10 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
             policy_types.add(str(fusion.get("type", "wbf")))
         except UnknownNameError as exc:
             problems.append(f"fusion.type: {str(exc)[:300]}")
+    else:
+        problems.append(
+            f"fusion: expected a policy name or a mapping {{type: ..., ...}}, got {shorten(fusion)}"
+        )
     if problems:
         raise ConfigError(f"{source}: invalid ensemble config:\n  " + "\n  ".join(problems))
     return member_types, policy_types

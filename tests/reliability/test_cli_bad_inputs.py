@@ -78,6 +78,9 @@ CASES = [
     (["predict", "--config", "bomb.yaml", "a.png"], "bomb.yaml: its aliases (*name) expand to more than"),
     ([*SCORE[:2], "bomb.yaml", *SCORE[3:]], "bomb.yaml: its aliases (*name) expand to more than"),
     (["calibrate", "--config", "latin1.yaml", "--annotations", "gt.json"], "latin1.yaml: not UTF-8 text"),
+    ([*PREDICT, "fusion=42"], "fusion: expected a policy name or a mapping {type: ..., ...}, got 42"),
+    ([*SCORE, "classes=latin1.yaml"], "latin1.yaml: not UTF-8 text"),  # a class list file
+    ([*SCORE, "classes=bomb.yaml"], "bomb.yaml: its aliases (*name) expand to more than"),
     # calibrator files
     ([*FUSE, "--calibrators", "latin1.json"], "latin1.json: not UTF-8 text"),
     ([*FUSE, "--calibrators", "images"], "calibrator file images is a folder; a file was expected"),
