@@ -132,3 +132,23 @@ def test_skip_bad_images_lists_them_and_keeps_the_others(
     clean = json.loads((tmp_path / "runs" / "predict" / "clean" / "predictions.json").read_text())
     renumber = {1: 1, 2: 3, 3: 5}
     assert [{**r, "image_id": renumber[r["image_id"]]} for r in clean] == records
+
+
+def test_only_an_unfinished_run_of_the_same_inputs_is_resumed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = _images(tmp_path / "imgs", 2)
+    monkeypatch.chdir(tmp_path)
+    argv = ["predict", "--config", "tiny", str(images), YOLO, "--device", "cpu", "--name", "p"]
+    assert main(argv) == 0
+    # A finished run is never reopened: the same command writes p2, with the same results.
+    assert main(argv) == 0
+    runs = tmp_path / "runs" / "predict"
+    assert (runs / "p2" / "predictions.json").read_bytes() == (runs / "p" / "predictions.json").read_bytes()
+    # An unfinished run made from other inputs is left alone.
+    (runs / "p3" / "cache").mkdir(parents=True)
+    other = {"version": 2, "fingerprint": {"config": "other"}, "done": 1, "streams": {}}
+    (runs / "p3" / "cache" / "progress.json").write_text(json.dumps(other))
+    assert main(argv) == 0
+    assert json.loads((runs / "p3" / "cache" / "progress.json").read_text()) == other
+    assert (runs / "p4" / "predictions.json").read_bytes() == (runs / "p" / "predictions.json").read_bytes()
