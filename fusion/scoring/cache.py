@@ -195,12 +195,9 @@ class MemberCache(JsonlCache):
 
     Args:
         folder: Where the cache lives.
-        member_names: The (virtual) members, in fusion order; also the file names.
-        fingerprint: What the cached results depend on.
+        names: The (virtual) members, in fusion order; also the file names.
+        fingerprint: What the cached results depend on (member configs, images, shard).
     """
-
-    def __init__(self, folder: str | Path, member_names: list[str], fingerprint: Mapping[str, Any]) -> None:
-        super().__init__(folder, member_names, fingerprint)
 
     @property
     def member_names(self) -> list[str]:
