@@ -245,19 +245,31 @@ class Ensemble:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
 
-    def run_members(self, batch: ImageBatch) -> list[list[Detections]]:
-        """Every (virtual) member on ``batch``: ``out[m][i]``, boxes in each original image's pixels, on the device."""
-        augmented: dict[str, ImageBatch] = {aug.name: aug.apply(batch) for aug in self.augmentations}
+    def run_members(self, batch: ImageBatch, names: Sequence[str] | None = None) -> list[list[Detections]]:
+        """Every (virtual) member on ``batch``: ``out[m][i]``, boxes in each original image's pixels, on the device.
+
+        Args:
+            batch: The images.
+            names: Only these virtual members (in :attr:`member_names` order), e.g. to redo one member's lost cache;
+                default all.
+        """
+        wanted = [
+            (name, index, aug)
+            for name, (index, aug) in zip(self.member_names, self._passes)
+            if names is None or name in names
+        ]
+        needed = {aug.name for _, _, aug in wanted if aug is not None}
+        augmented = {aug.name: aug.apply(batch) for aug in self.augmentations if aug.name in needed}
         sizes = batch.sizes
         out: list[list[Detections]] = []
         with self._autocast():
-            for index, aug in self._passes:
+            for _, index, aug in wanted:
                 member = self.members[index]
                 if aug is None:
                     out.append(member.predict(batch))
                 else:
                     out.append(aug.invert(member.predict(augmented[aug.name]), sizes))
-        for name, dets in zip(self.member_names, out):
+        for (name, _, _), dets in zip(wanted, out):
             if len(dets) != len(batch):
                 raise RuntimeError(f"member {name!r} returned {len(dets)} detections for {len(batch)} images")
         return out

@@ -15,7 +15,7 @@ from PIL import Image
 
 from fusion.cli import main
 from fusion.scoring import score
-from fusion.scoring.cache import CacheMismatchWarning, JsonlCache
+from fusion.scoring.cache import CacheMismatchWarning, JsonlCache, MemberCache
 from fusion.synthetic import synthetic_annotations, synthetic_predictions
 
 FINGERPRINT = {"config": "x", "images": [1, 2, 3]}
@@ -25,7 +25,7 @@ def _filled(folder: Path) -> JsonlCache:
     cache = JsonlCache(folder, ["a", "b"], FINGERPRINT)
     assert cache.open() == 0
     cache.append_bytes({"a": b'{"n": 1}\n', "b": b'{"n": 10}\n{"n": 11}\n'}, done=2)
-    cache.append_bytes({"a": b'{"n": 2}\n'}, done=4)  # b had nothing in this batch
+    cache.append_bytes({"a": b'{"n": 2}\n', "b": b""}, done=4)  # b had nothing in this batch
     return cache
 
 
@@ -35,7 +35,7 @@ def test_checkpoint_records_length_and_sha256_of_the_written_bytes(tmp_path: Pat
     written = {"a": b'{"n": 1}\n{"n": 2}\n', "b": b'{"n": 10}\n{"n": 11}\n'}
     assert progress["done"] == 4
     assert progress["streams"] == {
-        name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        name: {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "done": 4}
         for name, data in written.items()
     }
 
@@ -47,7 +47,7 @@ def test_resume_cuts_an_unrecorded_tail_and_keeps_hashing(tmp_path: Path) -> Non
     cache = JsonlCache(tmp_path, ["a", "b"], FINGERPRINT)
     assert cache.open() == 4
     assert (tmp_path / "a.jsonl").read_bytes() == b'{"n": 1}\n{"n": 2}\n'
-    cache.append_bytes({"a": b'{"n": 3}\n'}, done=6)
+    cache.append_bytes({"a": b'{"n": 3}\n', "b": b""}, done=6)
     again = JsonlCache(tmp_path, ["a", "b"], FINGERPRINT)
     assert again.open() == 6  # the digest continued from the verified prefix
     assert again.read_lines("a") == ['{"n": 1}', '{"n": 2}', '{"n": 3}']
@@ -71,8 +71,25 @@ def test_a_damaged_stream_restarts_the_run(tmp_path: Path, damage, said: str) ->
         assert cache.open() == 0
     message = str(caught[0].message)
     assert str(tmp_path / "b.jsonl") in message and said in message
+    assert "running every image again" in message
     assert (tmp_path / "a.jsonl").read_bytes() == b"" and (tmp_path / "b.jsonl").read_bytes() == b""
     assert json.loads((tmp_path / "progress.json").read_text())["done"] == 0
+
+
+def test_an_independent_stream_is_redone_alone(tmp_path: Path) -> None:
+    cache = MemberCache(tmp_path, ["a", "b"], FINGERPRINT)
+    cache.open()
+    cache.append_bytes({"a": b'{"n": 1}\n', "b": b'{"n": 10}\n'}, done=2)
+    cache.append_bytes({"a": b'{"n": 2}\n', "b": b""}, done=4)
+    (tmp_path / "a.jsonl").write_bytes(b'{"n": 1}\n')  # cut back by hand
+    again = MemberCache(tmp_path, ["a", "b"], FINGERPRINT)
+    with pytest.warns(CacheMismatchWarning, match="running member 'a' on its images again"):
+        assert again.open() == 0
+    assert again.done_by == {"a": 0, "b": 4}
+    assert (tmp_path / "a.jsonl").read_bytes() == b"" and again.read_lines("b") == ['{"n": 10}']
+    again.append_bytes({"a": b'{"n": 1}\n{"n": 2}\n'}, done=4)  # a catches up alone
+    final = MemberCache(tmp_path, ["a", "b"], FINGERPRINT)
+    assert final.open() == 4 and final.read_lines("a") == ['{"n": 1}', '{"n": 2}']
 
 
 @pytest.mark.parametrize("content", [b"", b"{not json", b"\xff\xfe{}", b"[1, 2]", b'{"done": "4"}'])
@@ -136,10 +153,12 @@ def test_score_reruns_a_deleted_or_truncated_member_cache(dataset: Path, damage:
         member.unlink()
     else:
         member.write_bytes(member.read_bytes()[: member.stat().st_size // 2])
+    kept = (member.parent / "a.jsonl").read_bytes()
     ran = []
-    with pytest.warns(CacheMismatchWarning, match="b.jsonl"):
+    with pytest.warns(CacheMismatchWarning, match=r"b\.jsonl .*running member 'b' on its images again"):
         again = _score(dataset, f"full_{damage}", on_batch=ran.append)
-    assert ran == [2, 4, 6]  # every image ran again
+    assert ran == [2, 4, 6]  # b ran again on every image; a's cache was kept as it was
+    assert (member.parent / "a.jsonl").read_bytes() == kept
     assert full["num_detections"]["b"] == 60
     for key in ("members", "fused", "num_detections", "per_class_ap"):
         assert again[key] == full[key], key
