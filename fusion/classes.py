@@ -14,7 +14,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-import yaml
 from torch import Tensor
 
 __all__ = ["CONFIGS_DIR", "ClassMap"]
@@ -155,9 +154,9 @@ def _load_cached(name_or_path: str) -> ClassMap:
                 f"no shipped class list named {name_or_path!r} (known: {', '.join(known)}); or give a YAML path"
             )
         path = shipped
-    if not path.exists():
-        raise FileNotFoundError(f"class list file {path} does not exist")
-    data = yaml.safe_load(path.read_text())
+    from fusion.io import parse_yaml, read_text_file
+
+    data = parse_yaml(read_text_file(path, "class list file"), str(path))  # names the file on any problem
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, list):
         return ClassMap(names)

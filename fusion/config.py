@@ -23,18 +23,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator
 
+from fusion.io import MAX_YAML_NODES, read_text_file, shorten
+from fusion.io import parse_yaml as _parse_yaml
 from fusion.registry import DETECTORS, POLICIES, Registry, UnknownNameError
 
 __all__ = [
+    "MAX_YAML_NODES",
     "ConfigError",
     "EnsembleConfigBase",
     "TTAConfig",
     "apply_overrides",
     "load_ensemble_config",
     "load_yaml",
+    "parse_yaml",
+    "shorten",
 ]
 
 
@@ -72,19 +76,20 @@ class EnsembleConfigBase(BaseModel):
     @classmethod
     def _check_device(cls, value: str) -> str:
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", value):
-            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {value!r}")
+            raise ValueError(f"device must be auto, cpu, cuda, cuda:N or mps, got {shorten(value, 40)}")
         return value
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """:func:`fusion.io.parse_yaml` (bounded ``yaml.safe_load``, one-line errors naming ``where``) raising
+    :class:`ConfigError`."""
+    return _parse_yaml(text, where, error=ConfigError)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping (``yaml.safe_load``: configs are data, never code)."""
+    """Read a YAML mapping (``yaml.safe_load``: configs are data, never code; aliases bounded)."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    data = parse_yaml(read_text_file(path, "config file"), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -95,7 +100,7 @@ def _parse_path(dotted: str) -> list[str | int]:
     for token in re.findall(r"[^.\[\]]+", dotted):
         parts.append(int(token) if token.lstrip("-").isdigit() else token)
     if not parts:
-        raise ConfigError(f"override {dotted!r}: empty path")
+        raise ConfigError(f"override {shorten(dotted)}: empty path")
     return parts
 
 
@@ -111,9 +116,10 @@ def apply_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[s
     for override in overrides:
         key, sep, raw = override.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"override {override!r} must look like dotted.path=value")
+            raise ConfigError(f"override {shorten(override)} must look like dotted.path=value")
         path = _parse_path(key.strip())
-        value = yaml.safe_load(raw) if raw.strip() else None
+        override = shorten(override)[1:-1]  # what the messages below echo
+        value = parse_yaml(raw, f"override {key.strip()}={shorten(raw)}") if raw.strip() else None
         node: Any = result
         for depth, part in enumerate(path[:-1]):
             where = _format_path(path[: depth + 1])
@@ -158,7 +164,7 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
     if isinstance(members, list):
         for index, member in enumerate(members):
             if not isinstance(member, dict):
-                problems.append(f"members[{index}]: expected a mapping, got {member!r}")
+                problems.append(f"members[{index}]: expected a mapping, got {shorten(member)}")
             elif "type" not in member:
                 problems.append(f"members[{index}].type: missing; one of {', '.join(DETECTORS.names())}")
             else:
@@ -166,7 +172,7 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
                     DETECTORS.get(str(member["type"]))
                     member_types.add(str(member["type"]))
                 except UnknownNameError as exc:
-                    problems.append(f"members[{index}].type: {exc}")
+                    problems.append(f"members[{index}].type: {str(exc)[:300]}")
     policy_types: set[str] = set()
     fusion = data.get("fusion")
     if isinstance(fusion, dict):
@@ -174,7 +180,11 @@ def _check_types(data: Mapping[str, Any], source: str) -> tuple[set[str], set[st
             POLICIES.get(str(fusion.get("type", "wbf")))
             policy_types.add(str(fusion.get("type", "wbf")))
         except UnknownNameError as exc:
-            problems.append(f"fusion.type: {exc}")
+            problems.append(f"fusion.type: {str(exc)[:300]}")
+    else:
+        problems.append(
+            f"fusion: expected a policy name or a mapping {{type: ..., ...}}, got {shorten(fusion)}"
+        )
     if problems:
         raise ConfigError(f"{source}: invalid ensemble config:\n  " + "\n  ".join(problems))
     return member_types, policy_types
@@ -190,11 +200,14 @@ def _format_errors(error: ValidationError, tags: set[str], source: str) -> str:
             if not (i > 0 and part in tags and isinstance(part, str))
         ]
         got = (
-            f" (got {item['input']!r})"
-            if item["type"] not in ("missing",) and not isinstance(item["input"], dict)
+            f" (got {shorten(item['input'])})"
+            if item["type"] not in ("missing",)
+            and not isinstance(item["input"], dict)
+            and shorten(item["input"]) not in item["msg"]
             else ""
         )
-        lines.append(f"{_format_path(loc)}: {item['msg']}{got}")
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{_format_path(loc)[:200]}: {message[:300]}{got}")
     return f"{source}: invalid ensemble config:\n  " + "\n  ".join(lines)
 
 

@@ -37,19 +37,70 @@ from fusion.policy import FusionPolicy
 from fusion.registry import DETECTORS
 from fusion.tta import Augmentation, augmentations_from_config
 
-__all__ = ["Ensemble", "resolve_device"]
+__all__ = ["Ensemble", "available_devices", "resolve_device"]
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; an unavailable CUDA device is a ``ValueError``."""
+def available_devices() -> list[str]:
+    """The device names this machine accepts: ``auto``, ``cpu``, and ``cuda``/``cuda:N``/``mps`` when present."""
+    names = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        names += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        names.append("mps")
+    return names
+
+
+def resolve_device(device: str | torch.device, where: str = "device") -> torch.device:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; a device that is unknown or absent here is a ``ValueError``.
+
+    Args:
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` or a ``torch.device``.
+        where: How to name the setting in the message (``--device``, ``device``).
+    """
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
+    valid = ", ".join(available_devices())
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ValueError(f"{where} {str(device)[:40]!r} is not a device; devices here: {valid}") from None
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0 or (resolved.index is not None and resolved.index >= count):
+            absent = "CUDA is not available" if count == 0 else f"there are {count} CUDA device(s)"
+            raise ValueError(f"{where} {resolved} was asked for but {absent} here; devices here: {valid}")
+    elif resolved.type == "mps":
+        if "mps" not in valid:
+            raise ValueError(
+                f"{where} mps was asked for but MPS is not available here; devices here: {valid}"
+            )
+    elif resolved.type != "cpu":
+        raise ValueError(f"{where} {resolved} is not supported; devices here: {valid}")
+    return resolved
+
+
+def _build_member(index: int, member: Any, class_map: ClassMap, device: torch.device) -> Detector:
+    """The adapter of ``members[index]``; an unexpected failure of a third-party loader (a weights file that is not
+    a checkpoint: ``IndexError``, ``UnpicklingError``, ``RuntimeError``, ...) becomes a ``ValueError`` naming the
+    member, its type and the first line of the loader's message. Errors that already say what is wrong pass."""
+    from fusion.registry import UnknownNameError
+
+    try:
+        return DETECTORS.get(member.type)(member, class_map, device)
+    except (ValueError, OSError, UnknownNameError, KeyError):
+        raise
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ValueError(
-            f"device {device} was asked for but CUDA is not available here; use device: auto or cpu"
-        )
-    return device
+            f"members[{index}] ({member.name!r}, type {member.type}): cannot be loaded: "
+            f"{type(exc).__name__}: {first or 'no message'}"
+        ) from exc
+
+
+def _same_kind(exc: Exception, message: str) -> Exception:
+    """``message`` as a FileNotFoundError or a ValueError, whichever ``exc`` is (some of their subclasses, e.g.
+    ``UnicodeDecodeError``, cannot be built from a message alone)."""
+    return FileNotFoundError(message) if isinstance(exc, FileNotFoundError) else ValueError(message)
 
 
 class Ensemble:
@@ -86,8 +137,8 @@ class Ensemble:
                     stacklevel=2,
                 )
         self.members: list[Detector] = [
-            DETECTORS.get(member.type)(member, self.class_map, self.device)
-            for member in config.members  # type: ignore[attr-defined]
+            _build_member(index, member, self.class_map, self.device)
+            for index, member in enumerate(config.members)  # type: ignore[attr-defined]
         ]
         self.augmentations: list[Augmentation] = augmentations_from_config(config.tta)
         self._passes: list[tuple[int, Augmentation | None]] = []
@@ -156,8 +207,8 @@ class Ensemble:
                 continue
             try:
                 loaded[index] = load_member_calibrator(path, member.name, self.class_map.names)
-            except (ValueError, FileNotFoundError) as exc:
-                raise type(exc)(f"members[{index}].calibrator ({member.name!r}): {exc}") from None
+            except (ValueError, OSError) as exc:
+                raise _same_kind(exc, f"members[{index}].calibrator ({member.name!r}): {exc}") from None
         return {name: loaded[i] for name, (i, _) in zip(self.member_names, self._passes) if i in loaded}
 
     def _load_fused_calibration(self) -> Calibration:
@@ -171,8 +222,8 @@ class Ensemble:
                 raise ValueError(
                     f"{path}: has no fused calibrator (refit with `fusion calibrate`, which fits one unless --no-fused)"
                 )
-        except (ValueError, FileNotFoundError) as exc:
-            raise type(exc)(f"fused_calibrator: {exc}") from None
+        except (ValueError, OSError) as exc:
+            raise _same_kind(exc, f"fused_calibrator: {exc}") from None
         return found
 
     @property
@@ -194,19 +245,31 @@ class Ensemble:
             return contextlib.nullcontext()
         return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
 
-    def run_members(self, batch: ImageBatch) -> list[list[Detections]]:
-        """Every (virtual) member on ``batch``: ``out[m][i]``, boxes in each original image's pixels, on the device."""
-        augmented: dict[str, ImageBatch] = {aug.name: aug.apply(batch) for aug in self.augmentations}
+    def run_members(self, batch: ImageBatch, names: Sequence[str] | None = None) -> list[list[Detections]]:
+        """Every (virtual) member on ``batch``: ``out[m][i]``, boxes in each original image's pixels, on the device.
+
+        Args:
+            batch: The images.
+            names: Only these virtual members (in :attr:`member_names` order), e.g. to redo one member's lost cache;
+                default all.
+        """
+        wanted = [
+            (name, index, aug)
+            for name, (index, aug) in zip(self.member_names, self._passes)
+            if names is None or name in names
+        ]
+        needed = {aug.name for _, _, aug in wanted if aug is not None}
+        augmented = {aug.name: aug.apply(batch) for aug in self.augmentations if aug.name in needed}
         sizes = batch.sizes
         out: list[list[Detections]] = []
         with self._autocast():
-            for index, aug in self._passes:
+            for _, index, aug in wanted:
                 member = self.members[index]
                 if aug is None:
                     out.append(member.predict(batch))
                 else:
                     out.append(aug.invert(member.predict(augmented[aug.name]), sizes))
-        for name, dets in zip(self.member_names, out):
+        for (name, _, _), dets in zip(wanted, out):
             if len(dets) != len(batch):
                 raise RuntimeError(f"member {name!r} returned {len(dets)} detections for {len(batch)} images")
         return out

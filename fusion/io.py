@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 __all__ = [
+    "MAX_YAML_NODES",
     "RunLockedError",
     "atomic_write_bytes",
     "atomic_write_json",
@@ -22,8 +23,11 @@ __all__ = [
     "atomic_write_yaml",
     "check_run_name",
     "lock_run_dir",
+    "parse_yaml",
     "paused_gc",
+    "read_text_file",
     "run_dir",
+    "shorten",
 ]
 
 # Open lock files of the run folders this process holds, by resolved path (released when the process exits).
@@ -57,6 +61,80 @@ def paused_gc() -> Iterator[None]:
             gc.enable()
 
 
+# A config is a few hundred YAML nodes; aliases that expand past this are an alias bomb, refused before expansion.
+MAX_YAML_NODES = 100_000
+
+
+def shorten(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: error messages never echo a huge input."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 15]}... ({len(text)} chars)"
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes the document has with every alias expanded, counted without expanding (a shared node's size
+    is computed once); a node that contains itself counts as unbounded."""
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in active:
+            return MAX_YAML_NODES + 1
+        active.add(key)
+        total = 1
+        if isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        active.discard(key)
+        sizes[key] = total = min(total, MAX_YAML_NODES + 1)
+        return total
+
+    return size(root)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    return (
+        f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else str(problem)
+    )
+
+
+def parse_yaml(text: str, where: str, error: type[ValueError] = ValueError) -> Any:
+    """``yaml.safe_load`` of ``text`` with one-line errors naming ``where``, and aliases bounded.
+
+    Args:
+        text: The YAML.
+        where: How to name it in messages (a file, an override).
+        error: The ``ValueError`` subclass raised.
+
+    Raises:
+        ValueError: (``error``) not valid YAML, nested too deeply, or aliases expanding past
+            :data:`MAX_YAML_NODES` values.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node) > MAX_YAML_NODES:
+            raise error(
+                f"{where}: its aliases (*name) expand to more than {MAX_YAML_NODES} values; refused (a config "
+                "is a few hundred)"
+            )
+        return loader.construct_document(node)
+    except yaml.YAMLError as exc:
+        raise error(f"{where}: not valid YAML: {_yaml_problem(exc)}") from None
+    except RecursionError:
+        raise error(f"{where}: YAML nested too deeply") from None
+    finally:
+        loader.dispose()
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one, never a partial one."""
     path = Path(path)
@@ -87,6 +165,23 @@ def atomic_write_json(path: str | Path, data: Any, indent: int | None = 2) -> Pa
 
 def atomic_write_yaml(path: str | Path, data: Any) -> Path:
     return atomic_write_text(path, yaml.safe_dump(data, sort_keys=False))
+
+
+def read_text_file(path: str | Path, what: str = "file") -> str:
+    """The UTF-8 text of ``path``; errors name the file (missing, a folder, unreadable, not UTF-8)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder; a file was expected")
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); save it as UTF-8"
+        ) from None
+    except PermissionError:
+        raise PermissionError(f"{what} {path} cannot be read: permission denied") from None
 
 
 def check_run_name(name: str, where: str = "name") -> str:
@@ -160,6 +255,9 @@ def run_dir(
         candidate.mkdir(parents=True, exist_ok=True)
     except PermissionError:
         raise PermissionError(f"cannot create the run folder {candidate}: permission denied") from None
+    except (NotADirectoryError, FileExistsError):  # a file somewhere on the way
+        blocking = next((p for p in candidate.parents if p.exists() and not p.is_dir()), candidate)
+        raise ValueError(f"cannot write runs under {blocking}: it is a file, not a folder") from None
     if not os.access(candidate, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write into the run folder {candidate}: permission denied")
     return lock_run_dir(candidate) if lock else candidate

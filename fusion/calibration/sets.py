@@ -142,11 +142,12 @@ class CalibratorSet(Mapping[str, Calibrator]):
     @classmethod
     def load(cls, path: str | Path, class_names: Sequence[str] | None = None) -> CalibratorSet:
         """Read a set; with ``class_names`` (the ensemble's ``ClassMap.names``), check the vocabularies agree."""
+        from fusion.io import read_text_file
+
         path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"calibrator file {path} does not exist")
+        text = read_text_file(path, "calibrator file")  # names the file: missing, a folder, not UTF-8
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}: not valid JSON: {exc}") from None
         result = cls.from_json(data, str(path))

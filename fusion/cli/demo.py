@@ -48,6 +48,8 @@ def run_demo(
 
     if images < 1:
         raise ValueError(f"--images must be at least 1, got {images}")
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
     out = run_dir("demo", name, project)
     data = out / "data"
     ground_truth = make_coco_ground_truth(images, seed=seed)

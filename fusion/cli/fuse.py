@@ -13,7 +13,7 @@ def parse_policy(tokens: list[str] | None) -> tuple[str | None, dict[str, Any]]:
 
     Values are YAML scalars or flow collections (never evaluated as code). A leading ``key=value`` means WBF.
     """
-    import yaml
+    from fusion.config import parse_yaml, shorten
 
     if not tokens:
         return None, {}
@@ -23,7 +23,11 @@ def parse_policy(tokens: list[str] | None) -> tuple[str | None, dict[str, Any]]:
         key, sep, raw = token.partition("=")
         if not sep or not key:
             raise ValueError(f"--policy: expected key=value after the policy name, got {token!r}")
-        params[key] = yaml.safe_load(raw)
+        if key == "type":
+            raise ValueError(
+                "--policy: give the policy's name as the first word (e.g. --policy nms), not type=..."
+            )
+        params[key] = parse_yaml(raw, f"--policy {key}={shorten(raw)}")
     return name or "wbf", params
 
 
@@ -82,8 +86,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fusion.ensemble import resolve_device
     from fusion.scoring.fuse_files import fuse_files
 
+    resolve_device(args.device, "--device")  # said before any file is read
     policy, params = parse_policy(args.policy)
     fuse_files(
         args.predictions,

@@ -337,9 +337,11 @@ def _int_column(values: list[Any], key: str, source: str) -> np.ndarray:
 
 
 def read_jsonl(path: str | Path) -> list[Any]:
-    """Records of a JSON-lines file; a truncated LAST line (an interrupted append) is ignored, any other bad line
-    is an error naming its line number."""
+    """Records of a JSON-lines file; a bad line, the last one included (a file cut mid-record), is an error naming
+    its line number: no record is dropped without a word."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; a file was expected")
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist")
     lines = path.read_bytes().split(b"\n")
@@ -351,9 +353,12 @@ def read_jsonl(path: str | Path) -> list[Any]:
             try:
                 records.append(orjson.loads(line))
             except ValueError:
-                if number == len(lines):  # no trailing newline: the writer was interrupted mid-line
-                    break
-                raise ValueError(f"{path}:{number}: not valid JSON") from None
+                cut = (
+                    " (the last line, without a newline: was the file cut mid-record?)"
+                    if number == len(lines)
+                    else ""
+                )
+                raise ValueError(f"{path}:{number}: not valid JSON{cut}") from None
     return records
 
 
@@ -366,6 +371,8 @@ def read_results(path: str | Path) -> list[Any]:
         ValueError: not valid JSON (the line is named for JSONL), or not a list of records.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"predictions file {path} is a folder; a file was expected")
     if not path.is_file():
         raise FileNotFoundError(f"predictions file {path} does not exist")
     if path.suffix == ".jsonl":

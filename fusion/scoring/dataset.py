@@ -1,12 +1,14 @@
 """COCO images as a torch ``Dataset``: images decoded in DataLoader worker processes, ids and sizes kept.
 
 Labels are not needed to run members (evaluation reads the annotations directly), so an item is just the decoded
-image, its COCO id and its original ``(height, width)``.
+image, its COCO id and its original ``(height, width)``. An image that cannot be read travels to the main process as
+a message (:class:`ImageError`), not as an exception: a worker's exception would come back wrapped in the worker's
+traceback text, and the user needs one line naming the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from fusion.coco.annotations import CocoGroundTruth
 
-__all__ = ["CocoImages", "collate", "make_loader"]
+__all__ = ["CocoImages", "ImageError", "collate", "iterate_batches", "make_loader"]
+
+
+class ImageError(str):
+    """The message of an image that could not be read (an item, or a batch holding such an item)."""
 
 
 class CocoImages(Dataset):
@@ -27,7 +33,8 @@ class CocoImages(Dataset):
         images_dir: Folder the ``file_name`` paths are relative to.
         indices: Rows of ``gt.image_ids`` to serve (a shard, or the images left after a resume); default all.
 
-    Items are ``(uint8 [3, H, W] RGB tensor, image_id, (height, width))``.
+    Items are ``(uint8 [3, H, W] RGB tensor, image_id, (height, width))``; an unreadable or wrongly sized image is
+    an :class:`ImageError` item naming the file.
 
     Raises:
         ValueError: an image has no ``file_name``.
@@ -57,16 +64,19 @@ class CocoImages(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int) -> tuple[Tensor, int, tuple[int, int]]:
+    def __getitem__(self, item: int) -> tuple[Tensor, int, tuple[int, int]] | ImageError:
         from fusion.images import load_image
 
         row = self.indices[item]
         path = self.images_dir / str(self.gt.file_names[row])
-        image = load_image(path)
+        try:
+            image = load_image(path)
+        except (ValueError, OSError) as exc:
+            return ImageError(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
         size = (int(self.gt.sizes[row, 0]), int(self.gt.sizes[row, 1]))
         if tuple(image.shape[1:]) != size:
             # Boxes are scored in the annotation's pixel grid; a resized file would silently shift every box.
-            raise ValueError(
+            return ImageError(
                 f"{path}: decoded size (h, w) = {tuple(image.shape[1:])} but the annotations say {size} "
                 f"(image id {int(self.gt.image_ids[row])})"
             )
@@ -74,9 +84,13 @@ class CocoImages(Dataset):
 
 
 def collate(
-    items: list[tuple[Tensor, int, tuple[int, int]]],
-) -> tuple[list[Tensor], list[int], list[tuple[int, int]]]:
-    """Keep images of different sizes as a list (members resize them themselves)."""
+    items: list[tuple[Tensor, int, tuple[int, int]] | ImageError],
+) -> tuple[list[Tensor], list[int], list[tuple[int, int]]] | ImageError:
+    """Keep images of different sizes as a list (members resize them themselves); a batch with an unreadable image
+    is that image's :class:`ImageError`."""
+    for item in items:
+        if isinstance(item, ImageError):
+            return item
     images, ids, sizes = zip(*items) if items else ((), (), ())
     return list(images), list(ids), list(sizes)
 
@@ -101,3 +115,11 @@ def make_loader(
         pin_memory=torch.cuda.is_available(),
         **kwargs,
     )
+
+
+def iterate_batches(loader: DataLoader) -> Iterator[tuple[list[Tensor], list[int], list[tuple[int, int]]]]:
+    """The loader's batches; ``ValueError`` naming the file at the first image that cannot be read."""
+    for batch in loader:
+        if isinstance(batch, ImageError):
+            raise ValueError(str(batch))
+        yield batch

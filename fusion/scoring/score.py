@@ -96,9 +96,15 @@ def score(
     """
     from fusion.coco.evaluate import resolve_backend
     from fusion.distributed import init_distributed
-    from fusion.ensemble import Ensemble
+    from fusion.ensemble import Ensemble, resolve_device
     from fusion.io import run_dir
 
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size (--batch-size) must be at least 1, got {batch_size!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers (--workers) must be 0 or more, got {num_workers}")
+    if device is not None:
+        resolve_device(device, "device (--device)")  # said before any file is read or written
     cfg = _resolve_config(config, overrides)
     backend = resolve_backend(backend)
     gt = load_annotations(annotations)
@@ -122,8 +128,9 @@ def score(
             ensemble.member_names,
             _fingerprint(cfg, gt, shard, dist.world_size),
         )
-        loader = _Loader(gt, images, batch_size or cfg.batch_size, num_workers)
-        _run_members(ensemble, cache, cache.open(resume), shard, loader, on_batch, talk, verbose)
+        loader = _Loader(gt, images, cfg.batch_size if batch_size is None else batch_size, num_workers)
+        cache.open(resume)
+        _run_members(ensemble, cache, shard, loader, on_batch, talk, verbose)
         gathered = dist.gather(cache.load())
         if not dist.is_main or gathered is None:
             return None
@@ -161,46 +168,67 @@ class _Loader:
 def _run_members(
     ensemble: Any,
     cache: MemberCache,
-    done: int,
     shard: np.ndarray,
     loader: _Loader,
     on_batch: Callable[[int], None] | None,
     talk: bool,
     verbose: bool,
 ) -> None:
-    """Run every member on the images of ``shard`` not cached yet (from position ``done``), appending each batch's
-    results (dataset category ids) to ``cache``; detections of classes the dataset lacks are counted, not scored."""
-    from tqdm.auto import tqdm
+    """Run the members on the images of ``shard`` their cache does not hold yet, appending each batch's results
+    (dataset category ids); detections of classes the dataset lacks are counted, not scored.
 
-    from fusion.scoring.dataset import make_loader
-
+    Members usually stand at the same image; one whose cache file was damaged starts again from the first image, so
+    the images are run in spans: the members furthest behind catch up with the next ones, then run together.
+    """
     gt = loader.gt
     table = ensemble.class_map.translation_to(gt.class_map, strict=False)
     dropped = 0
-    if done < len(shard):
-        batches = make_loader(
-            gt, loader.images, loader.batch_size, loader.num_workers, indices=shard[done:].tolist()
-        )
-        name = ensemble.config.name
-        bar = tqdm(total=len(shard), initial=done, desc=f"score {name}", unit="img", disable=not talk)
-        with torch.inference_mode():
-            for batch_images, ids, _ in batches:
-                outputs = ensemble.run_members(ensemble.load(batch_images, ids))
-                converted = {}
-                for member, dets in zip(ensemble.member_names, outputs):
-                    converted[member], lost = _to_predictions(dets, ids, table, gt)
-                    dropped += lost
-                done += len(ids)
-                cache.append(converted, done)
-                bar.update(len(ids))
-                if on_batch is not None:
-                    on_batch(done)
-        bar.close()
+    while (start := cache.done) < len(shard):
+        behind = [name for name in ensemble.member_names if cache.done_by[name] == start]
+        stop = min((d for d in cache.done_by.values() if d > start), default=len(shard))
+        dropped += _run_span(ensemble, cache, behind, shard[start:stop], start, loader, table, on_batch, talk)
     if dropped and verbose:
         missing = [n for n, j in zip(ensemble.class_map.names, table.tolist()) if j < 0]
         print(
             f"warning: {dropped} member detection(s) of classes the dataset lacks were not scored: {missing[:10]}"
         )
+
+
+def _run_span(
+    ensemble: Any,
+    cache: MemberCache,
+    members: list[str],
+    rows: np.ndarray,
+    done: int,
+    loader: _Loader,
+    table: torch.Tensor,
+    on_batch: Callable[[int], None] | None,
+    talk: bool,
+) -> int:
+    """Run ``members`` on the dataset ``rows`` (shard positions ``done`` on), appending to their caches; returns
+    how many detections had no dataset class."""
+    from tqdm.auto import tqdm
+
+    from fusion.scoring.dataset import iterate_batches, make_loader
+
+    gt, dropped = loader.gt, 0
+    batches = make_loader(gt, loader.images, loader.batch_size, loader.num_workers, indices=rows.tolist())
+    every = len(members) == len(ensemble.member_names)
+    desc = f"score {ensemble.config.name}" + ("" if every else f" ({', '.join(members)})")
+    bar = tqdm(total=done + len(rows), initial=done, desc=desc, unit="img", disable=not talk)
+    with bar, torch.inference_mode():  # the bar's line is ended also on an error, which then prints alone
+        for batch_images, ids, _ in iterate_batches(batches):
+            outputs = ensemble.run_members(ensemble.load(batch_images, ids), None if every else members)
+            converted = {}
+            for member, dets in zip(members, outputs):
+                converted[member], lost = _to_predictions(dets, ids, table, gt)
+                dropped += lost
+            done += len(ids)
+            cache.append(converted, done)
+            bar.update(len(ids))
+            if on_batch is not None:
+                on_batch(done)
+    return dropped
 
 
 def _evaluate_and_write(

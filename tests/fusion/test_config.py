@@ -101,7 +101,7 @@ def test_valid_config_uses_each_plugins_model() -> None:
         ({"fusion": {"type": "keep_al"}}, r"fusion\.type: unknown policy 'keep_al'. Did you mean 'keep_all'"),
         ({"fusion": {"type": "keep_all", "min_score": -0.5}}, r"fusion\.min_score: Input should be greater"),
         ({"fusion": {"type": "keep_all", "weights": [1, 2]}}, r"fusion\.weights: set each member's `weight`"),
-        ({"device": "gpu"}, r"device: Value error, device must be auto, cpu, cuda"),
+        ({"device": "gpu"}, r"device: device must be auto, cpu, cuda"),
         ({"tta": {"scales": [0]}}, r"tta\.scales\[0\]: Input should be greater than 0"),
         ({"extra_key": 1}, r"extra_key: Extra inputs are not permitted"),
         ({"members": []}, r"members: an ensemble needs at least one member"),

@@ -92,3 +92,20 @@ def test_read_results_refuses_what_is_not_a_results_list(tmp_path) -> None:
         read_results(path)
     with pytest.raises(FileNotFoundError, match=r"predictions file .*nope\.jsonl does not exist"):
         read_results(tmp_path / "nope.jsonl")
+
+
+def test_jsonl_last_line_without_newline_is_read_or_reported_never_dropped(tmp_path) -> None:
+
+    records = [
+        {"image_id": 1, "category_id": 1, "bbox": [0, 0, 2, 2], "score": 0.5 + i / 10} for i in range(3)
+    ]
+    lines = [json.dumps(r) for r in records]
+    whole = tmp_path / "whole.jsonl"
+    whole.write_text("\n".join(lines))  # a complete last record, no trailing newline: read
+    assert read_results(whole) == records
+    cut = tmp_path / "cut.jsonl"
+    cut.write_text("\n".join(lines)[:-10])  # the reproducer: the last record cut mid-way
+    with pytest.raises(ValueError, match=r"cut\.jsonl:3: not valid JSON \(the last line, without a newline"):
+        read_results(cut)
+    with pytest.raises(IsADirectoryError, match="is a folder; a file was expected"):
+        read_results(tmp_path)
