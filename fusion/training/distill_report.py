@@ -126,9 +126,10 @@ def write_report(cfg: Any, out: Path, speed_images: int = 16, verbose: bool = Tr
         rows += [{"role": "teacher", **r} for r in _rows_of([member], classes, gt, images, speed_images)]
     student = yaml.safe_load((out / "weights" / "best.member.yaml").read_text())
     rows += [{"role": "student", **r} for r in _rows_of([student], classes, gt, images, speed_images)]
+    timed = max(min(speed_images, len(gt) - 1), 0)
     method = (
-        f"CPU, {torch.get_num_threads()} threads, batch 1, decoded images; predict() wall time over the first "
-        f"{speed_images} validation images after 1 warm-up image (fused: members + fusion)"
+        f"CPU, {torch.get_num_threads()} threads, batch 1, decoded images; predict() wall time over validation "
+        f"images 2..{timed + 1} after 1 warm-up image (fused: members + fusion)"
     )
     report: dict[str, Any] = {"name": cfg.name, "val": str(cfg.data.val.annotations), "images": len(gt)}
     report |= {"rows": rows, "throughput_method": method}
