@@ -44,10 +44,13 @@ class UltralyticsConfig(MemberConfig):
         classes: Vocabulary of the model's class ids, replacing ``model.names`` (a shipped name or a YAML path).
         drop_classes: Model classes whose boxes are dropped (needed for classes the ensemble vocabulary lacks).
         half: Run the model in fp16 (CUDA only; ultralytics' own ``half``).
+        weights: Safetensors weights of the ``model`` YAML (what ``fusion train`` / ``fusion distill`` export),
+            loaded without unpickling anything.
     """
 
     type: Literal["ultralytics"] = "ultralytics"
     model: str
+    weights: str | None = None
     conf: float = Field(0.25, ge=0, le=1)
     iou: float = Field(0.7, gt=0, le=1)
     max_det: int = Field(300, ge=1)
@@ -127,6 +130,10 @@ class UltralyticsDetector(Detector):
 
         file = resolve_model_file(config.model)
         self.model = RTDETR(file) if "rtdetr" in Path(file).name.lower() else YOLO(file, verbose=False)
+        if config.weights is not None:  # an exported member: the YAML's exact architecture, safetensors weights
+            from detectors.ultralytics_training import load_safetensors_model
+
+            self.model.model = load_safetensors_model(file, config.weights)
         names = {int(k): str(v) for k, v in self.model.names.items()}
         if config.classes is not None:
             source = ClassMap.load(config.classes)
