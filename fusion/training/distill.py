@@ -8,6 +8,7 @@ Outputs under ``runs/distill/<name>/``: everything ``fusion train`` writes (``co
 * an ensemble teacher: ``teacher/<split>/`` (its fused detections, cached once, fingerprinted, with the
   pseudo-label threshold chosen on the val split: :mod:`fusion.training.teacher`); a YOLO student also gets
   ``student_data/`` (the training images and the fused pseudo-labels it is given);
+* ``student.yaml``: an ensemble config of the student alone, for ``fusion score`` / ``predict`` as it is;
 * ``report.md`` + ``report.json``: teacher(s), fused ensemble and student side by side on the validation split.
 
 Three ways to distill:
@@ -82,6 +83,8 @@ def distill(
         else:
             factory = functools.partial(_hook, cfg, out, dist, resuming, verbose)
             summary = _train(cfg, out, dist, resuming, verbose, hook_factory=factory)
+        if dist.is_main:
+            _write_student_ensemble(cfg, out)
         if dist.is_main and report and cfg.data.val is not None:
             from fusion.training.distill_report import write_report
 
@@ -89,6 +92,15 @@ def distill(
         return summary if dist.is_main else None
     finally:
         dist.close()
+
+
+def _write_student_ensemble(cfg: DistillConfigBase, out: Path) -> None:
+    """``student.yaml``: an ensemble config of the student alone (``fusion score --config`` takes it as it is)."""
+    import yaml
+
+    member = yaml.safe_load((out / "weights" / "best.member.yaml").read_text())
+    ensemble = {"name": cfg.name, "classes": str(out / "classes.yaml"), "device": "auto", "members": [member]}
+    atomic_write_yaml(out / "student.yaml", ensemble)
 
 
 def _owns_loop(cfg: DistillConfigBase) -> bool:

@@ -85,16 +85,22 @@ def _score_rows(ensemble: Any, gt: Any, images: str, speed_images: int, fused: b
                     )
                 )
             parts.append(Predictions.from_detections(kept, ids, gt.class_map))
-        stats = evaluate(gt, Predictions.concat(parts), source=f"{name} on the validation split").stats
+        predictions = Predictions.concat(parts)
+        stats = evaluate(gt, predictions, source=f"{name} on the validation split").stats
         params = (
             sum(count_parameters(m) for m in ensemble.members)
             if name == "fused ensemble"
             else count_parameters(next(m for m in ensemble.members if m.name == name))
         )
         speed = timed_images / seconds[name] if timed_images and seconds[name] > 0 else None
-        rows.append(
-            {"name": name, "AP": stats["AP"], "AP50": stats["AP50"], "params": params, "images_per_s": speed}
-        )
+        row = {
+            "name": name,
+            "AP": stats["AP"],
+            "AP50": stats["AP50"],
+            "params": params,
+            "images_per_s": speed,
+        }
+        rows.append({**row, "detections": len(predictions)})
     return rows
 
 
@@ -103,7 +109,7 @@ def write_report(cfg: Any, out: Path, speed_images: int = 16, verbose: bool = Tr
 
     Returns:
         The ``report.json`` content: ``rows`` (``role``, ``name``, ``AP``, ``AP50``, ``params``,
-        ``images_per_s``), the pseudo-label threshold (ensemble teacher) and the throughput method.
+        ``images_per_s``, ``detections``), the pseudo-label threshold (ensemble teacher) and the throughput method.
     """
     from fusion.coco.annotations import load_annotations
     from fusion.config import load_ensemble_config
