@@ -14,7 +14,9 @@ __all__ = ["CLASSES", "detr_config", "ensemble_config", "make_splits", "save_tea
 
 
 def make_splits(folder: Path, train: int = 4, val: int = 3, unlabeled: int = 0) -> Path:
-    """``train/``, ``val/`` (image ids from 101) and optionally ``unlabeled/images`` (no annotations)."""
+    """``train/``, ``val/`` (image ids from 101) and optionally ``unlabeled/images`` with the ids
+    ``unlabeled_images`` gives them (after the training split's); its ``annotations.json`` only feeds the
+    saved-prediction members."""
     make_dataset(folder / "train", train, seed=1)
     make_dataset(folder / "val", val, seed=2)
     val_json = folder / "val" / "annotations.json"
@@ -25,7 +27,11 @@ def make_splits(folder: Path, train: int = 4, val: int = 3, unlabeled: int = 0) 
         ann["image_id"] += 100
     val_json.write_text(json.dumps(data))
     if unlabeled:
-        make_dataset(folder / "unlabeled", unlabeled, seed=3)
+        path = make_dataset(folder / "unlabeled", unlabeled, seed=3)
+        data = json.loads(path.read_text())
+        for item in data["images"] + data["annotations"]:
+            item["image_id" if "image_id" in item else "id"] += train
+        path.write_text(json.dumps(data))
     return folder
 
 
@@ -87,7 +93,9 @@ def ensemble_config(data: Path, splits: tuple[str, ...] = ("train", "val")) -> P
     for seed, member in enumerate(("a", "b")):
         records: list[dict[str, Any]] = []
         for split in splits:
-            part = jittered_predictions(data / split, data / f"{member}_{split}.json", seed=10 * seed + len(records))
+            part = jittered_predictions(
+                data / split, data / f"{member}_{split}.json", seed=10 * seed + len(records)
+            )
             records += json.loads(part.read_text())
         (data / f"{member}.json").write_text(json.dumps(records))
         members.append({"name": member, "type": "predictions", "path": str(data / f"{member}.json"),

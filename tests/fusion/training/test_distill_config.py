@@ -50,7 +50,10 @@ def test_ensemble_teacher_defaults() -> None:
     ("changes", "where"),
     [
         ({"teacher": {"ensemble": "tiny", "threshold": 2.0}, "student": {}, "model": DETR}, "teacher"),
-        ({"teacher": {"ensemble": "tiny", "labeled": "both"}, "student": {}, "model": DETR}, "teacher.labeled"),
+        (
+            {"teacher": {"ensemble": "tiny", "labeled": "both"}, "student": {}, "model": DETR},
+            "teacher.labeled",
+        ),
         ({"teacher": {"ensemble": "tiny"}}, "student.cut"),
         ({"teacher": {"ensemble": "tiny"}, "student": {}, "model": DETR, "distill": {"gt": 1}}, "distill"),
         ({"unlabeled": "u"}, "unlabeled"),

@@ -25,7 +25,11 @@ def gt(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def _copy_of_gt(dataset: CocoTrainDataset, scale: float = 0.5) -> dict[int, dict[str, torch.Tensor]]:
     """Teacher targets equal to the ground truth, with scores."""
     return {
-        image_id: {"boxes": boxes.clone(), "labels": labels.clone(), "scores": torch.full((len(labels),), scale)}
+        image_id: {
+            "boxes": boxes.clone(),
+            "labels": labels.clone(),
+            "scores": torch.full((len(labels),), scale),
+        }
         for image_id, boxes, labels in zip(dataset._ids, dataset._boxes, dataset._labels)
     }
 
@@ -36,7 +40,12 @@ def test_teacher_boxes_follow_the_ground_truth_through_crop_flip_and_resize(gt: 
     augment = build_augment(AugmentConfig(scale=(0.6, 1.4), hflip=0.5, crop=1.0, color=0.3), 64)
     plain = CocoTrainDataset(annotations, images, annotations.class_map, augment, seed=7)
     taught = CocoTrainDataset(
-        annotations, images, annotations.class_map, augment, seed=7, extra_targets={"teacher": _copy_of_gt(plain)}
+        annotations,
+        images,
+        annotations.class_map,
+        augment,
+        seed=7,
+        extra_targets={"teacher": _copy_of_gt(plain)},
     )
     for index in range(len(plain)):
         image, target, image_id = taught[(index, epoch)]
@@ -93,7 +102,11 @@ class Recording(Trainable):
 
     def loss(self, images: list[torch.Tensor], targets: list[Any]) -> dict[str, torch.Tensor]:
         self.calls.append(targets)
-        return {"loss": torch.tensor(float(sum(t.get("scores", torch.ones(len(t["labels"]))).sum() for t in targets)))}
+        return {
+            "loss": torch.tensor(
+                float(sum(t.get("scores", torch.ones(len(t["labels"]))).sum() for t in targets))
+            )
+        }
 
     def export(self, out_dir: Path, stem: str) -> dict[str, Any]:  # pragma: no cover - not exported here
         raise NotImplementedError

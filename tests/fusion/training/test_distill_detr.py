@@ -58,7 +58,11 @@ def test_cut_student_end_to_end_loads_back_and_scores_as_reported(data: Path, tm
     # The student is the cut (1 encoder, 1 decoder layer) and loads back as a member from its YAML.
     member = yaml.safe_load((run / "weights" / "best.member.yaml").read_text())
     student = yaml.safe_load(Path(member["checkpoint"]).with_suffix(".yaml").read_text())
-    assert (student["arch"]["enc_layers"], student["arch"]["dec_layers"], student["arch"]["num_heads"]) == (1, 1, 2)
+    assert (student["arch"]["enc_layers"], student["arch"]["dec_layers"], student["arch"]["num_heads"]) == (
+        1,
+        1,
+        2,
+    )
     assert student["classes"] == list(CLASSES)
 
     report = json.loads((run / "report.json").read_text())
@@ -81,7 +85,12 @@ def test_cut_student_end_to_end_loads_back_and_scores_as_reported(data: Path, tm
 def test_identity_cut_without_ground_truth_has_zero_distillation_loss(data: Path, tmp_path: Path) -> None:
     """A student keeping every layer, head and unit IS the teacher: every KD term is 0 before any update."""
     config = detr_config(data / "data", data / "teacher.safetensors", eval_every=0)
-    config["student"]["cut"] = {"encoder_layers": 2, "decoder_layers": 2, "num_heads": 4, "dim_feedforward": 128}
+    config["student"]["cut"] = {
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "num_heads": 4,
+        "dim_feedforward": 128,
+    }
     config["distill"]["gt"] = 0.0
     distill(config, root=tmp_path, report=False, verbose=False)
     first = _steps(tmp_path / "distill" / "kd")[0]
