@@ -38,7 +38,8 @@ from fusion.classes import ClassMap
 from fusion.distributed import DistContext, init_distributed
 from fusion.io import atomic_write_json, atomic_write_yaml
 from fusion.training.distill_config import DistillConfigBase, load_distill_config
-from fusion.training.loop import LoopHook, _device, _load_data, _train, resolve_run
+from fusion.training.job import LoopHook, resolve_run
+from fusion.training.loop import _device, _load_data, _train
 from fusion.training.trainable import Trainable, TrainTarget
 
 __all__ = ["distill", "member_fingerprint"]
