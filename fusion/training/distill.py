@@ -173,7 +173,12 @@ def _hook(
     teacher = DETECTORS.get(teacher_cfg.type).trainable(teacher_cfg, class_map, device)
     teacher.model.to(device).eval().requires_grad_(False)
     if cfg.student.cut is not None:
-        student = teacher.cut_student(cfg.student.cut, cfg.model)
+        try:
+            student = teacher.cut_student(cfg.student.cut, cfg.model)
+        except NotImplementedError:
+            raise ValueError(
+                f"student.cut: a {teacher_cfg.type!r} teacher cannot be cut into a student"
+            ) from None
     else:
         student = DETECTORS.get(cfg.model.type).trainable(cfg.model, class_map, device)
     weights = dict(cfg.distill)
@@ -182,7 +187,10 @@ def _hook(
             f"model.type: a {cfg.model.type!r} student cannot learn from a member teacher (no distill_loss); "
             "distill it from an ensemble teacher (teacher.ensemble) instead"
         )
-    modules = student.distill_modules(teacher, weights)
+    try:
+        modules = student.distill_modules(teacher, weights)
+    except TypeError as error:  # a teacher of a family the student cannot learn from
+        raise ValueError(f"teacher.type: {error}") from None
 
     def loss(images: list[Tensor], targets: list[TrainTarget]) -> dict[str, Tensor]:
         return student.distill_loss(images, targets, teacher, weights)
@@ -360,5 +368,7 @@ def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
+    except OSError:  # a copy, renamed into place: a kill never leaves a partial image behind
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        shutil.copy2(source, tmp)
+        os.replace(tmp, target)

@@ -80,3 +80,15 @@ def test_distill_configs_live_in_configs_distill() -> None:
         "ensemble_teacher_detr",
         "ensemble_teacher_yolo",
     ]
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from fusion.cli import main
+
+    assert main(["distill"]) == 2
+    assert "give either --config C (a new run) or --resume" in capsys.readouterr().err
+    assert main(["distill", "--config", str(tmp_path / "none.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "none.yaml does not exist" in err and "Traceback" not in err
+    assert main(["distill", "--resume", str(tmp_path), "train.epochs=2"]) == 2
+    assert "no overrides" in capsys.readouterr().err
