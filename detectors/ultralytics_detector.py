@@ -130,7 +130,7 @@ class UltralyticsDetector(Detector):
 
         file = resolve_model_file(config.model)
         self.model = RTDETR(file) if "rtdetr" in Path(file).name.lower() else YOLO(file, verbose=False)
-        if config.weights is not None:  # an exported member: the YAML's exact architecture, safetensors weights
+        if config.weights is not None:  # exported member: the YAML's exact architecture, safetensors weights
             from detectors.ultralytics_training import load_safetensors_model
 
             self.model.model = load_safetensors_model(file, config.weights)
