@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from pydantic import Field
 
 from detectors.labels import label_lookup, map_labels
@@ -64,6 +65,8 @@ class UltralyticsConfig(MemberConfig):
         classes: Vocabulary of the model's class ids, replacing ``model.names`` (a shipped name or a YAML path).
         drop_classes: Model classes whose boxes are dropped (needed for classes the ensemble vocabulary lacks).
         half: Run the model in fp16 (CUDA only; ultralytics' own ``half``).
+        weights: Safetensors weights of the ``model`` YAML (what ``fusion train`` / ``fusion distill`` export),
+            loaded without unpickling anything.
     """
 
     type: Literal["ultralytics"] = "ultralytics"
@@ -190,6 +193,12 @@ def load_model(config: UltralyticsConfig) -> tuple[Any, str]:
     if config.weights is None:
         return model, "random init"
     suffix = Path(config.weights).suffix
+    if _is_exported_yaml(file):
+        # an exported member: its YAML holds the exact architecture (scale included), which ultralytics would
+        # otherwise guess from the file name
+        from detectors.ultralytics_training import build_exported_model
+
+        model.model = build_exported_model(file)
     if suffix == ".safetensors":
         state, mode = read_safetensors(config.weights, who), "safetensors"
     else:
@@ -204,6 +213,15 @@ def load_model(config: UltralyticsConfig) -> tuple[Any, str]:
     if names is not None:
         network.names = names
     return model, mode
+
+
+def _is_exported_yaml(file: str) -> bool:
+    """A model YAML written by an export (``nc``, ``scale`` and ``names`` in the file itself)."""
+    path = Path(file)
+    if not path.is_file():  # a model name ultralytics resolves from its own configs
+        return False
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return isinstance(data, dict) and {"nc", "scale", "names"} <= set(data)
 
 
 def _device_arg(device: torch.device) -> str:

@@ -134,13 +134,37 @@ def save_safetensors_model(
     return {"type": "ultralytics", "model": f"{stem}.yaml", "weights": f"{stem}.safetensors"}
 
 
-def load_safetensors_model(
-    model_yaml: str | Path, weights: str | Path, device: str | torch.device = "cpu"
-) -> nn.Module:
-    """Build a DetectionModel from its YAML and load its safetensors weights strictly (no pickle involved).
+def build_exported_model(model_yaml: str | Path) -> nn.Module:
+    """The DetectionModel an exported YAML describes (random weights), its ``names`` set from the YAML.
 
     The YAML is read with ``yaml.safe_load`` and passed to ultralytics as a dict: ultralytics would otherwise
     guess the model scale from the FILE NAME (``best.yaml`` has none, so it would build the first scale).
+
+    Raises:
+        ValueError: a YAML without ``nc``/``backbone``/``head``.
+        FileNotFoundError: a missing file.
+    """
+    from detectors.ultralytics_detector import import_ultralytics
+
+    model_yaml = Path(model_yaml)
+    if not model_yaml.is_file():
+        raise FileNotFoundError(f"ultralytics member file {model_yaml} does not exist")
+    cfg = yaml.safe_load(model_yaml.read_text(encoding="utf-8"))
+    if not isinstance(cfg, dict) or not {"nc", "backbone", "head"} <= set(cfg):
+        raise ValueError(f"{model_yaml}: a model YAML needs 'nc', 'backbone' and 'head'")
+    names = cfg.pop("names", None) or [str(i) for i in range(cfg["nc"])]
+    import_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(cfg, ch=int(cfg.get("channels", 3)), nc=int(cfg["nc"]), verbose=False)
+    model.names = dict(enumerate(names))
+    return model
+
+
+def load_safetensors_model(
+    model_yaml: str | Path, weights: str | Path, device: str | torch.device = "cpu"
+) -> nn.Module:
+    """Build a DetectionModel from its exported YAML and load its safetensors weights strictly (no pickle).
 
     Returns:
         The fp32 model in eval mode on ``device``, ``names`` set from the YAML.
@@ -151,25 +175,14 @@ def load_safetensors_model(
     """
     from safetensors.torch import load_file
 
-    from detectors.ultralytics_detector import import_ultralytics
-
-    model_yaml, weights = Path(model_yaml), Path(weights)
-    for path in (model_yaml, weights):
-        if not path.is_file():
-            raise FileNotFoundError(f"ultralytics member file {path} does not exist")
-    cfg = yaml.safe_load(model_yaml.read_text(encoding="utf-8"))
-    if not isinstance(cfg, dict) or not {"nc", "backbone", "head"} <= set(cfg):
-        raise ValueError(f"{model_yaml}: a model YAML needs 'nc', 'backbone' and 'head'")
-    names = cfg.pop("names", None) or [str(i) for i in range(cfg["nc"])]
-    import_ultralytics()
-    from ultralytics.nn.tasks import DetectionModel
-
-    model = DetectionModel(cfg, ch=int(cfg.get("channels", 3)), nc=int(cfg["nc"]), verbose=False)
+    weights = Path(weights)
+    if not weights.is_file():
+        raise FileNotFoundError(f"ultralytics member file {weights} does not exist")
+    model = build_exported_model(model_yaml)
     try:
         model.load_state_dict(load_file(weights), strict=True)
     except RuntimeError as exc:
         raise ValueError(f"{weights} does not fit the model of {model_yaml}: {exc}") from None
-    model.names = dict(enumerate(names))
     return model.float().eval().to(device)
 
 

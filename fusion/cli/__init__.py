@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "fusion.cli.demo",
     "fusion.cli.render",
     "fusion.cli.train",
+    "fusion.cli.distill",
 )
 
 

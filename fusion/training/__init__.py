@@ -4,7 +4,8 @@ The core never imports ``detectors``: a detector plugin makes itself trainable b
 :meth:`fusion.detector.Detector.trainable`, which returns a :class:`~fusion.training.trainable.Trainable`.
 
 Entry points: :func:`~fusion.training.loop.train` (``fusion train --config C``; ``--resume runs/train/<name>``;
-``torchrun --nproc_per_node N -m fusion train ...``) and :func:`~fusion.training.config.load_train_config`.
+``torchrun --nproc_per_node N -m fusion train ...``), :func:`~fusion.training.distill.distill` (``fusion distill``)
+and :func:`~fusion.training.config.load_train_config` / :func:`~fusion.training.distill_config.load_distill_config`.
 They load lazily: importing this package (as ``fusion.detector`` does) pulls in no training machinery.
 """
 
@@ -15,7 +16,12 @@ from typing import Any
 
 from fusion.training.trainable import ExternalTrainJob, NotTrainableError, Trainable, TrainTarget
 
-_LAZY = {"train": "fusion.training.loop", "load_train_config": "fusion.training.config"}
+_LAZY = {
+    "train": "fusion.training.loop",
+    "load_train_config": "fusion.training.config",
+    "distill": "fusion.training.distill",
+    "load_distill_config": "fusion.training.distill_config",
+}
 
 __all__ = ["ExternalTrainJob", "NotTrainableError", "TrainTarget", "Trainable", *_LAZY]
 

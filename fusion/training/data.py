@@ -27,6 +27,7 @@ from fusion.training.trainable import TrainTarget
 
 __all__ = [
     "CocoTrainDataset",
+    "ConcatTrainDataset",
     "EpochSampler",
     "build_augment",
     "collate_train",
@@ -75,13 +76,22 @@ class CocoTrainDataset(Dataset):
         class_map: The job's vocabulary; annotation category ids become its contiguous labels.
         augment: The augmentation pipeline (``build_augment``), or ``None`` for float images as they are.
         seed: The job's seed.
+        extra_targets: ``{name: {image_id: TrainTarget}}``: more box sets per image (a teacher's fused
+            detections) carried through the SAME augmentation as the ground truth; item targets get
+            ``<name>_boxes``, ``<name>_labels`` and ``<name>_scores`` (1 where a set has no scores).
 
     Items are keyed by ``(index, epoch)`` (what :class:`EpochSampler` yields) and are
     ``(float32 [3, H, W] image in [0, 1], TrainTarget, image_id)``. Crowd annotations are not trained on.
     """
 
     def __init__(
-        self, gt: CocoGroundTruth, images_dir: str | Path, class_map: ClassMap, augment: Any, seed: int = 0
+        self,
+        gt: CocoGroundTruth,
+        images_dir: str | Path,
+        class_map: ClassMap,
+        augment: Any,
+        seed: int = 0,
+        extra_targets: dict[str, dict[int, TrainTarget]] | None = None,
     ) -> None:
         from fusion.scoring.dataset import CocoImages
 
@@ -103,6 +113,10 @@ class CocoTrainDataset(Dataset):
         counts = np.bincount(rows, minlength=len(gt)) if len(rows) else np.zeros(len(gt), dtype=np.int64)
         self._boxes = list(torch.split(boxes[order], counts.tolist()))
         self._labels = list(torch.split(labels[order], counts.tolist()))
+        self._ids = gt.image_ids.tolist()
+        self.extra = {
+            name: _check_extra(name, sets, self._ids) for name, sets in (extra_targets or {}).items()
+        }
 
     def __len__(self) -> int:
         return len(self.images)
@@ -113,6 +127,8 @@ class CocoTrainDataset(Dataset):
         index, epoch = key
         image, image_id, (height, width) = self.images[index]
         boxes, labels = self._boxes[index], self._labels[index]
+        if self.extra:
+            return self._with_extra(index, epoch, image, image_id, (height, width))
         if self.augment is None:
             return image.float().div_(255), {"boxes": boxes.clone(), "labels": labels.clone()}, image_id
         sample = (
@@ -128,6 +144,76 @@ class CocoTrainDataset(Dataset):
             out_image, out = self.augment(sample)
         target: TrainTarget = {"boxes": out["boxes"].as_subclass(Tensor), "labels": out["labels"]}
         return out_image.as_subclass(Tensor), target, image_id
+
+    def _with_extra(
+        self, index: int, epoch: int, image: Tensor, image_id: int, size: tuple[int, int]
+    ) -> tuple[Tensor, TrainTarget, int]:
+        """The item with its extra box sets: all sets are stacked into ONE box tensor whose "labels" are row
+        numbers, so every geometric step (crop, flip, resize, sanitize) treats them alike; rows map back after."""
+        from torchvision import tv_tensors
+
+        sets = {"": {"boxes": self._boxes[index], "labels": self._labels[index]}}
+        sets |= {name: extra[image_id] for name, extra in self.extra.items()}
+        boxes = torch.cat([s["boxes"].reshape(-1, 4).float() for s in sets.values()])
+        labels = torch.cat([s["labels"].long() for s in sets.values()])
+        scores = torch.cat([s.get("scores", torch.ones(len(s["labels"]))).float() for s in sets.values()])
+        source = torch.cat([torch.full((len(s["labels"]),), i) for i, s in enumerate(sets.values())])
+        rows = torch.arange(len(labels))
+        if self.augment is None:
+            out_image, out_boxes = image.float().div_(255), boxes
+        else:
+            sample = (
+                tv_tensors.Image(image),
+                {"boxes": tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=size), "labels": rows},
+            )
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(item_seed(self.seed, epoch, index))
+                out_image, out = self.augment(sample)
+            out_image, out_boxes, rows = (
+                out_image.as_subclass(Tensor),
+                out["boxes"].as_subclass(Tensor),
+                out["labels"],
+            )
+        target: dict[str, Tensor] = {}
+        for i, name in enumerate(sets):
+            keep = source[rows] == i
+            prefix = f"{name}_" if name else ""
+            target[f"{prefix}boxes"] = out_boxes[keep]
+            target[f"{prefix}labels"] = labels[rows[keep]]
+            if name:
+                target[f"{prefix}scores"] = scores[rows[keep]]
+        return out_image, target, image_id  # type: ignore[return-value]
+
+
+def _check_extra(name: str, sets: dict[int, TrainTarget], ids: list[int]) -> dict[int, TrainTarget]:
+    """``sets`` with an (empty) entry for every image, after checking its ids and shapes."""
+    unknown = sorted(set(sets) - set(ids))
+    if unknown:
+        raise ValueError(f"extra targets {name!r}: image ids {unknown[:5]} are not in the dataset")
+    empty: TrainTarget = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
+    out = {}
+    for image_id in ids:
+        target = sets.get(image_id, empty)
+        if len(target["boxes"].reshape(-1, 4)) != len(target["labels"]):
+            raise ValueError(f"extra targets {name!r}, image {image_id}: boxes and labels differ in length")
+        out[image_id] = target
+    return out
+
+
+class ConcatTrainDataset(Dataset):
+    """Several :class:`CocoTrainDataset` (labelled and unlabelled images) as one, keyed by ``(index, epoch)``."""
+
+    def __init__(self, parts: list[CocoTrainDataset]) -> None:
+        self.parts = parts
+        self.starts = np.cumsum([0] + [len(p) for p in parts])
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[Tensor, TrainTarget, int]:
+        index, epoch = key
+        part = int(np.searchsorted(self.starts, index, side="right")) - 1
+        return self.parts[part][(index - int(self.starts[part]), epoch)]
 
 
 class EpochSampler(Sampler):

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from fusion.classes import ClassMap
 from fusion.distributed import DistContext, init_distributed
@@ -29,9 +29,10 @@ from fusion.io import atomic_write_text, atomic_write_yaml
 from fusion.training import state as st
 from fusion.training.config import TrainConfigBase, load_train_config
 from fusion.training.external import write_member
+from fusion.training.job import HookFactory, LoopHook, LossFn, resolve_run
 from fusion.training.trainable import Trainable
 
-__all__ = ["train"]
+__all__ = ["LoopHook", "train"]
 
 
 @dataclass
@@ -50,6 +51,9 @@ class _Run:
     loader: Any
     steps_per_epoch: int
     val: Any = None
+    loss: LossFn | None = None
+    modules: nn.Module | None = None
+    kind: str = "train"
     epoch: int = 0
     epoch_step: int = 0
     step: int = 0
@@ -80,25 +84,9 @@ def train(
     """
     dist = init_distributed()
     try:
-        if resume is not None:
-            out = Path(resume)
-            if not (out / "config.yaml").is_file():
-                raise FileNotFoundError(f"--resume {out}: no config.yaml there (is it a fusion train run?)")
-            cfg = load_train_config(out / "config.yaml", overrides)
-        else:
-            if config is None:
-                raise ValueError("train: give a config or a run folder to resume")
-            cfg = (
-                config
-                if isinstance(config, TrainConfigBase) and not overrides
-                else load_train_config(
-                    config.model_dump(mode="json") if isinstance(config, TrainConfigBase) else config,
-                    overrides,
-                )
-            )
-            from fusion.io import run_dir
-
-            out = Path(dist.broadcast(str(run_dir("train", cfg.name, root)) if dist.is_main else None))
+        cfg, out = resolve_run(
+            "train", load_train_config, TrainConfigBase, config, overrides, root, resume, dist
+        )
         return _train(cfg, out, dist, resume is not None, verbose)
     finally:
         dist.close()
@@ -126,7 +114,15 @@ def _load_data(cfg: TrainConfigBase) -> tuple[Any, Any]:
     return gt_train, gt_val
 
 
-def _train(cfg: TrainConfigBase, out: Path, dist: DistContext, resuming: bool, verbose: bool) -> dict | None:
+def _train(
+    cfg: TrainConfigBase,
+    out: Path,
+    dist: DistContext,
+    resuming: bool,
+    verbose: bool,
+    hook_factory: HookFactory | None = None,
+) -> dict | None:
+    """Train ``cfg`` into ``out``; ``hook_factory`` (``fusion distill``) changes the model, loss or data."""
     import random
 
     import numpy as np
@@ -139,7 +135,8 @@ def _train(cfg: TrainConfigBase, out: Path, dist: DistContext, resuming: bool, v
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    trainable = DETECTORS.get(cfg.model.type).trainable(cfg.model, class_map, device)
+    hook = hook_factory(gt_train, gt_val, class_map, device) if hook_factory is not None else LoopHook()
+    trainable = hook.trainable or DETECTORS.get(cfg.model.type).trainable(cfg.model, class_map, device)
     if dist.is_main and not resuming:
         atomic_write_yaml(out / "config.yaml", cfg.model_dump(mode="json"))
         atomic_write_yaml(out / "classes.yaml", {"names": list(class_map.names)})
@@ -147,7 +144,7 @@ def _train(cfg: TrainConfigBase, out: Path, dist: DistContext, resuming: bool, v
         from fusion.training.external import fit_external
 
         return fit_external(cfg, out, trainable, class_map, device, dist, resuming)
-    run = _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val)
+    run = _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val, hook)
     if resuming:
         _restore(run, st.load_checkpoint(out / "checkpoint.pt"))
     else:
@@ -160,7 +157,7 @@ def _train(cfg: TrainConfigBase, out: Path, dist: DistContext, resuming: bool, v
     return summary if dist.is_main else None
 
 
-def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val) -> _Run:
+def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val, hook: LoopHook) -> _Run:
     from fusion.training.data import CocoTrainDataset, EpochSampler, build_augment, make_train_loader
 
     loop = cfg.train
@@ -170,14 +167,18 @@ def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val) -
         )
     per_rank = loop.batch_size // dist.world_size
     augment = build_augment(cfg.data.augment, cfg.data.image_size)
-    dataset = CocoTrainDataset(gt_train, cfg.data.train.images, class_map, augment, seed=cfg.seed)
+    dataset = hook.dataset
+    if dataset is None:
+        dataset = CocoTrainDataset(gt_train, cfg.data.train.images, class_map, augment, seed=cfg.seed)
     if len(dataset) == 0:
         raise ValueError(f"data.train.annotations: {gt_train.source} has no images")
     sampler = EpochSampler(len(dataset), cfg.seed, dist.rank, dist.world_size)
     loader = make_train_loader(dataset, sampler, per_rank, cfg.data.workers)
     steps_per_epoch = math.ceil(len(sampler) / per_rank)
     trainable.model.to(device).train()
-    optimizer = st.build_optimizer(trainable.model, loop)
+    if hook.modules is not None:
+        hook.modules.to(device).train()
+    optimizer = st.build_optimizer(trainable.model, loop, extra=hook.modules)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, st.lr_schedule(loop, steps_per_epoch))
     amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}.get(loop.amp)
     if loop.amp == "auto":
@@ -187,7 +188,7 @@ def _build_run(cfg, out, dist, device, class_map, trainable, gt_train, gt_val) -
     val = (gt_val, cfg.data.val.images) if gt_val is not None else None
     return _Run(
         cfg, out, dist, device, class_map, trainable, optimizer, scheduler, scaler, ema, amp, loader,
-        steps_per_epoch, val,
+        steps_per_epoch, val, hook.loss, hook.modules, hook.kind,
     )  # fmt: skip
 
 
@@ -197,8 +198,9 @@ def _broadcast_weights(run: _Run) -> None:
         return
     import torch.distributed as dist
 
-    for tensor in run.trainable.model.state_dict().values():
-        dist.broadcast(tensor, src=0)
+    for module in (run.trainable.model, run.modules):
+        for tensor in module.state_dict().values() if module is not None else ():
+            dist.broadcast(tensor, src=0)
 
 
 def _loop(run: _Run, verbose: bool) -> None:
@@ -207,7 +209,11 @@ def _loop(run: _Run, verbose: bool) -> None:
     sampler = run.loader.sampler
     show = verbose and run.dist.is_main
     with tqdm(
-        total=run.total_steps, initial=run.step, unit="step", desc=f"train {run.cfg.name}", disable=not show
+        total=run.total_steps,
+        initial=run.step,
+        unit="step",
+        desc=f"{run.kind} {run.cfg.name}",
+        disable=not show,
     ) as progress:
         while run.epoch < run.cfg.train.epochs:
             sampler.set_epoch(run.epoch, skip=run.epoch_step * run.loader.batch_size)
@@ -241,7 +247,7 @@ def _step(
     targets = [{key: value.to(device, non_blocking=True) for key, value in t.items()} for t in targets]
     autocast = torch.autocast(device.type, dtype=run.amp) if run.amp is not None else contextlib.nullcontext()
     with autocast:
-        losses = run.trainable.loss(images, targets)  # type: ignore[arg-type]
+        losses = (run.loss or run.trainable.loss)(images, targets)  # type: ignore[arg-type]
     total = sum(losses.values())
     values = torch.stack([value.detach().float() for value in losses.values()])
     if not bool(torch.isfinite(values).all()) and run.scaler is None:
@@ -362,6 +368,7 @@ def _checkpoint(run: _Run) -> None:
         run.out / "checkpoint.pt",
         {
             "model": run.trainable.model.state_dict(),
+            "modules": run.modules.state_dict() if run.modules is not None else {},
             "optimizer": run.optimizer.state_dict(),
             "scheduler": run.scheduler.state_dict(),
             "scaler": run.scaler.state_dict() if run.scaler is not None else {},
@@ -378,6 +385,8 @@ def _checkpoint(run: _Run) -> None:
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     run.trainable.model.load_state_dict(state["model"])
+    if run.modules is not None:
+        run.modules.load_state_dict(state.get("modules", {}))
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if run.scaler is not None and state["scaler"]:

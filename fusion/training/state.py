@@ -35,17 +35,22 @@ __all__ = [
 CHECKPOINT_VERSION = 1
 
 
-def build_optimizer(model: nn.Module, config: LoopConfig) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, config: LoopConfig, extra: nn.Module | None = None
+) -> torch.optim.AdamW:
     """AdamW with two param groups: names starting with ``backbone`` get ``backbone_lr``, the rest ``lr``.
 
     Frozen parameters (``requires_grad=False``) are left out. A ``backbone_lr`` of 0 freezes the backbone in
-    effect (its group is still there, so checkpoints keep one layout).
+    effect (its group is still there, so checkpoints keep one layout). ``extra`` (modules trained beside the
+    model, e.g. a distillation adapter) joins the ``rest`` group after the model's parameters.
     """
     backbone_lr = config.lr if config.backbone_lr is None else config.backbone_lr
     groups: dict[str, list[Tensor]] = {"backbone": [], "rest": []}
     for name, param in model.named_parameters():
         if param.requires_grad:
             groups["backbone" if name.startswith("backbone") else "rest"].append(param)
+    if extra is not None:
+        groups["rest"] += [p for p in extra.parameters() if p.requires_grad]
     if not groups["backbone"] and not groups["rest"]:
         raise ValueError("the model has no trainable parameters")
     return torch.optim.AdamW(

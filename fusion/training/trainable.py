@@ -120,6 +120,15 @@ class Trainable(ABC):
             ensemble member, paths relative to ``out_dir``.
         """
 
+    def cut_student(self, plan: Mapping[str, Any], member: Any) -> Trainable:
+        """A smaller trainable of the same family cut from this (trained) one, starting from its kept weights.
+
+        Args:
+            plan: The plugin's cut settings (``student.cut`` of a distillation config).
+            member: The student's member config (its inference settings and name; no checkpoint).
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot cut a student from itself (cut_student)")
+
     def distill_modules(self, teacher: Trainable, weights: Mapping[str, Any]) -> nn.Module:
         """Modules that distillation from ``teacher`` trains beside :attr:`model` (e.g. a feature adapter).
 

@@ -147,6 +147,23 @@ class DetrTrainable(Trainable):
         outputs = self.model(batch, mask, targets=normalised)  # denoising queries need the ground truth
         return self.criterion.weighted(self.criterion(outputs, normalised))
 
+    def cut_student(self, plan: Mapping[str, Any], member: Any) -> DetrTrainable:
+        """A student :func:`~detectors.detr.training.student.build_student` cuts from this DETR (``plan``:
+        ``plan_student``'s ``encoder_layers``, ``decoder_layers``, ``num_heads``, ``dim_feedforward``,
+        ``backbone``), trained with ``member``'s criterion settings."""
+        from .student import build_student, plan_student
+
+        known = {"encoder_layers", "decoder_layers", "num_heads", "dim_feedforward", "backbone"}
+        unknown = sorted(set(plan) - known)
+        if unknown:
+            raise ValueError(f"student.cut: unknown settings {unknown}; known: {sorted(known)}")
+        try:
+            student = build_student(self.model, plan_student(self.model, **plan))
+        except ValueError as error:
+            raise ValueError(f"student.cut: {error}") from None
+        criterion = build_criterion(member, len(self.class_map))
+        return DetrTrainable(student, self.class_map, criterion, self.device, member)
+
     def distill_modules(self, teacher: Trainable, weights: Mapping[str, Any]) -> nn.Module:
         """The :class:`~detectors.detr.training.distill.DetrDistiller` for ``teacher`` (its feature adapter, if
         any, trains with the student: add its parameters to the optimiser)."""
