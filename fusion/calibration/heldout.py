@@ -153,7 +153,6 @@ class CalibrationTask:
         record = {"iou_thr": self.iou_thr, "method": candidate.method, "per_class": self.per_class}
         if self.per_class:
             record["shrinkage"] = self.shrinkage
-        record["applied_to"] = candidate.name
         return CalibratorSet(members, self.vocabulary.names, record, fused, fit)
 
     # ------------------------------------------------------------------ measuring
@@ -177,7 +176,15 @@ class CalibrationTask:
             )
         pipe = Pipeline(self.pipeline.policy, calibration, self.vocabulary).in_vocabulary(gt.class_map)
         calibrated = pipe.calibrate_columns(members, gt)
-        before = pipe.fuse({n: c.split_by_image(gt) for n, c in calibrated.items()})
+        # Without member calibrators the fusion (and the members' D-ECE) is the uncalibrated one: computed once.
+        key = ("raw fusion", tuple(ids)) if not calibration.members else None
+        if key not in self._cache:
+            before = pipe.fuse({n: c.split_by_image(gt) for n, c in calibrated.items()})
+            member_dece = {n: _value(dece_of(c, gt, self.protocol)) for n, c in calibrated.items()}
+            if key is not None:
+                self._cache[key] = before, member_dece
+        else:
+            before, member_dece = self._cache[key]
         fused = Predictions.from_detections(pipe.calibrate_fused(before), gt.image_ids, gt.class_map)
         ties = 0
         for name in calibration.members:
@@ -192,7 +199,7 @@ class CalibrationTask:
         return FoldNumbers(
             ap=evaluate(gt, fused, self.backend, source="fused").stats["AP"],
             dece=_value(dece_of(fused, gt, self.protocol)),
-            members={n: _value(dece_of(c, gt, self.protocol)) for n, c in calibrated.items()},
+            members=member_dece,
             ties=ties,
         )
 

@@ -19,7 +19,8 @@ from fusion.calibration import (
 from fusion.calibration.plots import reliability_diagram
 from fusion.classes import ClassMap
 from fusion.cli import main
-from fusion.interop import from_coco_records
+from fusion.coco.annotations import load_annotations
+from fusion.coco.predictions import Predictions
 from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
 
@@ -62,6 +63,8 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
         str(root / "val.json"),
         "--runs",
         str(root / "runs"),
+        "--method",
+        "isotonic",
     ]
     assert (
         main(
@@ -84,10 +87,12 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     data_map = ClassMap.from_coco_categories(gt["categories"])
     table = data_map.translation_to(coco80)
     truth = {i: g.replace(labels=table[g.labels]) for i, g in ground_truth_from_coco(gt, data_map).items()}
+    # Scores exactly as the files hold them (float64), one Detections per image of the annotation file.
+    coco = load_annotations(root / "val.json")
     members = {
         n: {
-            i: d.replace(labels=table[d.labels])
-            for i, d in from_coco_records(r, data_map, None, truth).items()
+            int(i): d.replace(labels=table[d.labels])
+            for i, d in zip(coco.image_ids.tolist(), Predictions.from_records(r).split_by_image(coco))
         }
         for n, r in records.items()
     }
@@ -103,17 +108,18 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     assert loaded.fused_fit["policy"]["type"] == "wbf" and loaded.fused_fit["policy"]["iou_thr"] == 0.55
     assert f"fused_calibrator: {path}" in out
     report = json.loads((root / "runs" / "calibrate" / "trio" / "report.json").read_text())
-    before = detection_ece(members["b"], truth).value
-    assert report["members"]["b"]["D-ECE before"] == pytest.approx(before, abs=1e-6)
-    assert report["members"]["b"]["D-ECE after"] < 0.5 * before
-    fused_before = detection_ece(
-        dict(zip(ids, fuse_batch([[m[i] for m in members.values()] for i in ids], "wbf"))), truth
-    )
-    assert report["fused"]["D-ECE before"] == pytest.approx(fused_before.value, abs=1e-6)
-    assert report["fused"]["D-ECE after"] < 0.5 * report["fused"]["D-ECE before"]
+    assert report["protocol"]["kind"] == "k-fold" and report["protocol"]["final_fit_images"] == 60
+    assert [f["held_out"] for f in report["protocol"]["folds"]] == [12] * 5
+    held = report["held_out"]
+    assert held["chosen"] == "isotonic" and list(held["candidates"]) == ["isotonic"]
+    # Held-out numbers: calibrated member b's D-ECE on images it was not fitted on is far below its raw one.
+    b = held["candidates"]["isotonic"]["members D-ECE"]["b"]["mean"]
+    assert b < 0.6 * held["uncalibrated"]["members D-ECE"]["b"]["mean"]
+    fused = held["candidates"]["isotonic"]["fused D-ECE"]["mean"]
+    assert fused < 0.6 * held["uncalibrated"]["fused D-ECE"]["mean"]
 
     # Default inputs: the scoring cache; a second run gets its own folder (trio2), never overwriting.
-    assert main([*argv, "--method", "temperature", "--per-class"]) == 0
+    assert main([*argv[:-2], "--method", "temperature", "--per-class"]) == 0
     second = CalibratorSet.load(root / "runs" / "calibrate" / "trio2" / "calibrators.json")
     assert second["a"].method == "temperature" and second.protocol["per_class"] is True
     assert second.fused is not None and second.fused.method == "temperature"
@@ -136,7 +142,13 @@ def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
     assert main([*base, "--predictions", f"a={bad}", "--runs", str(tmp_path)]) == 2
-    assert "image id 999" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "bad.json" in err and "image id(s) are not in the annotations" in err and "[999]" in err
+    # Protocol options that do not go together are named.
+    assert main([*base, "--val", str(root / "val.json"), "--runs", str(tmp_path)]) == 2
+    assert "--val and --test go together" in capsys.readouterr().err
+    assert main([*base, "--folds", "1", "--predictions", f"a={root / 'a.json'}", "--runs", str(tmp_path)]) == 2
+    assert "k-fold needs k >= 2 folds" in capsys.readouterr().err
 
 
 def test_reliability_diagram_png(tmp_path):
