@@ -43,7 +43,7 @@ def tune_files(
     name: str = "tune",
     root: str | Path = "runs",
     pred_classes: str | None = None,
-    classes: str = "coco80",
+    classes: str | None = None,
     progress: bool = True,
     calibrators: str | Path | None = None,
     folds: int = 5,
@@ -55,7 +55,8 @@ def tune_files(
     """Tune on saved member results files with a held-out protocol (see :mod:`fusion.tuning.heldout`).
 
     ``trials`` is the budget of EACH policy's search (equal budgets: the winner does not depend on how a shared
-    budget was split). ``calibrators`` (a ``calibrators.json`` naming members by file stem) calibrates members
+    budget was split). ``classes``: the ensemble vocabulary of ``best.yaml`` (default: the annotations' categories,
+    a shipped name when they are one, else a ``classes.yaml`` written next to it). ``calibrators`` (a ``calibrators.json`` naming members by file stem) calibrates members
     before the search; ``best.yaml`` then references it.
 
     Returns:
@@ -83,7 +84,8 @@ def tune_files(
     results = tune_heldout(scorer, protocol, policies, trials, seed, progress=progress)
     best = winner(results)
     out = run_dir("tune", name, root)
-    config = best_config(name, classes, members, paths, pred_classes, best.best, calibration, calibrators)
+    classes = classes or dataset_classes(protocol.gt, out / "classes.yaml")
+    config = best_config(name, classes, members, paths, pred_classes or classes, best.best, calibration, calibrators)
     record = {
         "command": "tune",
         "annotations": None if annotations is None else str(annotations),
@@ -99,12 +101,25 @@ def tune_files(
     return out
 
 
+def dataset_classes(gt: Any, path: Path) -> str:
+    """The annotations' categories as a ``classes`` value: ``coco91`` / ``coco80`` when they are exactly that, else
+    the absolute path of a ``{id: name}`` YAML written at ``path``."""
+    from fusion.classes import ClassMap
+    from fusion.io import atomic_write_yaml
+
+    for shipped in ("coco91", "coco80"):
+        if ClassMap.load(shipped) == gt.class_map:
+            return shipped
+    names = dict(zip(gt.class_map.ids, gt.class_map.names))
+    return str(atomic_write_yaml(path, {"names": {int(i): n for i, n in names.items()}}).resolve())
+
+
 def best_config(
     name: str,
     classes: str,
     members: Mapping[str, Predictions],
     paths: Sequence[str | Path],
-    pred_classes: str | None,
+    pred_classes: str,
     best: Trial,
     calibration: Any,
     calibrators: str | Path | None,
@@ -121,7 +136,7 @@ def best_config(
                 "name": n,
                 "type": "predictions",
                 "path": str(Path(p).resolve()),
-                "classes": pred_classes or "coco91",
+                "classes": pred_classes,
                 "weight": float(w),
                 **(
                     {"calibrator": str(Path(calibrators).resolve())}
