@@ -192,9 +192,15 @@ def resolve_protocol(
     ids = [int(i) for i in gt.image_ids.tolist()]
     if holdout is not None:
         return HeldOutProtocol(
-            gt, [holdout_split(ids, holdout, seed)], tuple(ids), "holdout", {"fraction": holdout, "seed": seed}
+            gt,
+            [holdout_split(ids, holdout, seed)],
+            tuple(ids),
+            "holdout",
+            {"fraction": holdout, "seed": seed},
         )
-    return HeldOutProtocol(gt, kfold_splits(ids, folds, seed), tuple(ids), "k-fold", {"k": folds, "seed": seed})
+    return HeldOutProtocol(
+        gt, kfold_splits(ids, folds, seed), tuple(ids), "k-fold", {"k": folds, "seed": seed}
+    )
 
 
 def merge_annotations(first: str, second: str) -> dict[str, Any]:
@@ -203,13 +209,17 @@ def merge_annotations(first: str, second: str) -> dict[str, Any]:
 
     a, b = read_json(first), read_json(second)
     for path, data in ((first, a), (second, b)):
-        if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "categories")):
+        if not isinstance(data, dict) or not all(
+            isinstance(data.get(k), list) for k in ("images", "categories")
+        ):
             raise ValueError(f"{path}: not a COCO annotation file (needs 'images' and 'categories' lists)")
     if a["categories"] != b["categories"]:
         raise ValueError(f"{first} and {second} have different categories; they must describe one dataset")
     shared = {i.get("id") for i in a["images"]} & {i.get("id") for i in b["images"]}
     if shared:
-        raise ValueError(f"{first} and {second} share image id(s) {sorted(shared, key=str)[:5]}; they must be disjoint")
+        raise ValueError(
+            f"{first} and {second} share image id(s) {sorted(shared, key=str)[:5]}; they must be disjoint"
+        )
     annotations = [dict(x) for x in [*a.get("annotations", []), *b.get("annotations", [])]]
     for number, annotation in enumerate(annotations, start=1):
         annotation["id"] = number

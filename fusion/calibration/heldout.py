@@ -29,7 +29,7 @@ from fusion.detections import Detections
 from fusion.holdout import Fold, spread
 from fusion.pipeline import Calibration, Pipeline
 
-__all__ = ["Candidate", "CalibrationTask", "FoldNumbers", "auto_candidates", "cross_validate"]
+__all__ = ["CalibrationTask", "Candidate", "FoldNumbers", "auto_candidates", "cross_validate"]
 
 
 @dataclass(frozen=True)

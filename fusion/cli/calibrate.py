@@ -62,7 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_protocol(parser)
     parser.add_argument("--name", default=None, help="run name (default: the config's name)")
     parser.add_argument("--runs", default="runs", help="root folder of run outputs")
-    parser.add_argument("--backend", default="auto", help="COCO evaluation backend (default: fastest installed)")
+    parser.add_argument(
+        "--backend", default="auto", help="COCO evaluation backend (default: fastest installed)"
+    )
     parser.set_defaults(run=_run)
 
 

@@ -93,7 +93,15 @@ def run(args: argparse.Namespace) -> int:
     from fusion.scoring.fuse_files import fuse_files
 
     if args.config is not None:
-        given = [o for o, v in (("files", args.predictions), ("--policy", args.policy), ("--calibrators", args.calibrators)) if v]
+        given = [
+            o
+            for o, v in (
+                ("files", args.predictions),
+                ("--policy", args.policy),
+                ("--calibrators", args.calibrators),
+            )
+            if v
+        ]
         if given:
             raise ValueError(f"--config names the files, policy and calibrators; drop {', '.join(given)}")
         from fusion.scoring.config_files import fuse_config

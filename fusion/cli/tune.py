@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--policies", default="wbf", help="comma-separated policies to search (e.g. wbf,voting,nms)"
     )
-    parser.add_argument("--trials", type=int, default=40, help="fusion settings evaluated per policy and fold")
+    parser.add_argument(
+        "--trials", type=int, default=40, help="fusion settings evaluated per policy and fold"
+    )
     parser.add_argument(
         "--pred-classes", default=None, help="vocabulary of the files' category ids (e.g. coco80)"
     )

@@ -22,7 +22,9 @@ def _check_policies(policies: Sequence[str]) -> list[str]:
 
     names = [p.strip() for p in policies if p.strip()]
     if not names:
-        raise ValueError(f"--policies names no policy (got {','.join(policies)!r}); e.g. --policies wbf,voting")
+        raise ValueError(
+            f"--policies names no policy (got {','.join(policies)!r}); e.g. --policies wbf,voting"
+        )
     known = POLICIES.names()
     unknown = [p for p in names if p not in known]
     if unknown:
@@ -75,7 +77,9 @@ def tune_files(
     if trials < 1:
         raise ValueError(f"--trials must be >= 1, got {trials}")
     backend = resolve_backend(backend)
-    protocol = resolve_protocol(None if annotations is None else str(annotations), folds, holdout, val, test, seed)
+    protocol = resolve_protocol(
+        None if annotations is None else str(annotations), folds, holdout, val, test, seed
+    )
     if progress:
         print(f"evaluation backend: {backend}\nprotocol: {protocol.describe()}")
     members = load_member_files(paths, protocol.gt, pred_classes)
@@ -85,7 +89,9 @@ def tune_files(
     best = winner(results)
     out = run_dir("tune", name, root)
     classes = classes or dataset_classes(protocol.gt, out / "classes.yaml")
-    config = best_config(name, classes, members, paths, pred_classes or classes, best.best, calibration, calibrators)
+    config = best_config(
+        name, classes, members, paths, pred_classes or classes, best.best, calibration, calibrators
+    )
     record = {
         "command": "tune",
         "annotations": None if annotations is None else str(annotations),

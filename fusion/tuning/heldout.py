@@ -45,7 +45,11 @@ class PolicyResult:
 def _baselines(scorer: Scorer, default: dict[str, Any], ids: Sequence[Any], metric: str) -> dict[str, Any]:
     members = scorer.member_stats(ids)
     best = max(members, key=lambda n: members[n][metric])
-    return {"default": scorer.stats(default, ids)[metric], "best member": best, "member": members[best][metric]}
+    return {
+        "default": scorer.stats(default, ids)[metric],
+        "best member": best,
+        "member": members[best][metric],
+    }
 
 
 def tune_heldout(
@@ -68,14 +72,28 @@ def tune_heldout(
         folds = []
         for k, (fold, base) in enumerate(zip(protocol.folds, baselines)):
             found, _ = tune(
-                {}, scorer.gt, policies=[policy], trials=trials, seed=seed, metric=metric,
-                progress=False, scorer=scorer, image_ids=fold.fit,
+                {},
+                scorer.gt,
+                policies=[policy],
+                trials=trials,
+                seed=seed,
+                metric=metric,
+                progress=False,
+                scorer=scorer,
+                image_ids=fold.fit,
             )
             value = scorer.stats(found.policy, fold.held_out)[metric]
             folds.append({"fold": k + 1, "setting": found.policy, metric: value, **base})
         best, history = tune(
-            {}, scorer.gt, policies=[policy], trials=trials, seed=seed, metric=metric,
-            progress=False, scorer=scorer, image_ids=protocol.final,
+            {},
+            scorer.gt,
+            policies=[policy],
+            trials=trials,
+            seed=seed,
+            metric=metric,
+            progress=False,
+            scorer=scorer,
+            image_ids=protocol.final,
         )
         result = PolicyResult(
             policy,

@@ -11,7 +11,6 @@ from fusion import fuse_batch, make_policy
 from fusion.calibration import (
     CalibratorSet,
     apply_calibrators,
-    detection_ece,
     fit_calibrator_set,
     fit_member_calibrator,
     ground_truth_from_coco,
@@ -147,7 +146,9 @@ def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):
     # Protocol options that do not go together are named.
     assert main([*base, "--val", str(root / "val.json"), "--runs", str(tmp_path)]) == 2
     assert "--val and --test go together" in capsys.readouterr().err
-    assert main([*base, "--folds", "1", "--predictions", f"a={root / 'a.json'}", "--runs", str(tmp_path)]) == 2
+    assert (
+        main([*base, "--folds", "1", "--predictions", f"a={root / 'a.json'}", "--runs", str(tmp_path)]) == 2
+    )
     assert "k-fold needs k >= 2 folds" in capsys.readouterr().err
 
 
@@ -163,4 +164,4 @@ def test_reliability_diagram_png(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (500, 500)
+    assert (width, height) == (500, 720)

@@ -21,15 +21,28 @@ MEMBERS = ("sharp", "careful", "noisy")
 def test_auto_refuses_ap_losers_and_holds_on_an_unseen_demo_set(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     # The case: the simulated demo's members, fitted on seed 0, applied to seed 1.
-    data = [run_demo(200, seed, name=f"d{seed}", project="runs", plots=False, verbose=False) / "data" for seed in (0, 1)]
+    data = [
+        run_demo(200, seed, name=f"d{seed}", project="runs", plots=False, verbose=False) / "data"
+        for seed in (0, 1)
+    ]
     config = {
         "name": "demo",
         "classes": "coco91",
         "members": [{"name": m, "type": "predictions", "path": str(data[0] / f"{m}.json")} for m in MEMBERS],
     }
     (tmp_path / "ens.yaml").write_text(yaml.safe_dump(config))
-    argv = ["calibrate", "--config", "ens.yaml", "--annotations", str(data[0] / "annotations.json"), "--name", "c"]
-    assert main([*argv, *[x for m in MEMBERS for x in ("--predictions", f"{m}={data[0] / f'{m}.json'}")]]) == 0
+    argv = [
+        "calibrate",
+        "--config",
+        "ens.yaml",
+        "--annotations",
+        str(data[0] / "annotations.json"),
+        "--name",
+        "c",
+    ]
+    assert (
+        main([*argv, *[x for m in MEMBERS for x in ("--predictions", f"{m}={data[0] / f'{m}.json'}")]]) == 0
+    )
     out = capsys.readouterr().out
     report = json.loads((tmp_path / "runs" / "calibrate" / "c" / "report.json").read_text())
     held = report["held_out"]
@@ -38,7 +51,9 @@ def test_auto_refuses_ap_losers_and_holds_on_an_unseen_demo_set(tmp_path, monkey
     # The uncalibrated baseline is measured on each held-out fold only: the same number by hand.
     gt = load_annotations(data[0] / "annotations.json")
     members = [load_predictions(data[0] / f"{m}.json", gt) for m in MEMBERS]
-    for fold, value in zip(kfold_splits(gt.image_ids.tolist(), 5, 0), held["uncalibrated"]["fused AP"]["folds"]):
+    for fold, value in zip(
+        kfold_splits(gt.image_ids.tolist(), 5, 0), held["uncalibrated"]["fused AP"]["folds"]
+    ):
         ids = np.asarray(fold.held_out)
         sub = gt.subset(ids)
         fused = fuse_predictions([p.select(np.isin(p.image_ids, ids)) for p in members], sub)
@@ -55,7 +70,12 @@ def test_auto_refuses_ap_losers_and_holds_on_an_unseen_demo_set(tmp_path, monkey
     assert f"kept: {chosen}" in out and "refused: held-out AP" in out
 
     # The calibrators written, applied to the unseen seed-1 set: fused AP within 0.002 of uncalibrated.
-    fuse = ["fuse", *[str(data[1] / f"{m}.json") for m in MEMBERS], "--annotations", str(data[1] / "annotations.json")]
+    fuse = [
+        "fuse",
+        *[str(data[1] / f"{m}.json") for m in MEMBERS],
+        "--annotations",
+        str(data[1] / "annotations.json"),
+    ]
     calibrators = tmp_path / "runs" / "calibrate" / "c" / "calibrators.json"
     assert main([*fuse, "--name", "f1", "--no-plots", "--calibrators", str(calibrators)]) == 0
     metrics = json.loads((tmp_path / "runs" / "fuse" / "f1" / "metrics.json").read_text())

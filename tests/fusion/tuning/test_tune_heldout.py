@@ -83,7 +83,11 @@ def test_tune_and_fuse_config_errors_name_the_problem(files, monkeypatch, capsys
     assert "--policies names no policy (got ',')" in capsys.readouterr().err
     assert main([*base, "--policies", "wbf,nope"]) == 2
     assert "unknown policy 'nope'" in capsys.readouterr().err
-    config = {"name": "x", "classes": "coco80", "members": [{"name": "m0", "type": "predictions", "path": "m0.json"}]}
+    config = {
+        "name": "x",
+        "classes": "coco80",
+        "members": [{"name": "m0", "type": "predictions", "path": "m0.json"}],
+    }
     (files / "x.yaml").write_text(yaml.safe_dump(config))
     assert main(["fuse", "--config", "x.yaml", "m0.json", "--annotations", "gt.json"]) == 2
     assert "drop files" in capsys.readouterr().err
