@@ -118,9 +118,10 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     assert fused < 0.6 * held["uncalibrated"]["fused D-ECE"]["mean"]
 
     # Default inputs: the scoring cache; a second run gets its own folder (trio2), never overwriting.
-    assert main([*argv[:-2], "--method", "temperature", "--per-class"]) == 0
+    assert main([*argv[:-2], "--method", "temperature", "--per-class", "--shrinkage", "50"]) == 0
     second = CalibratorSet.load(root / "runs" / "calibrate" / "trio2" / "calibrators.json")
     assert second["a"].method == "temperature" and second.protocol["per_class"] is True
+    assert second.protocol["shrinkage"] == 50
     assert second.fused is not None and second.fused.method == "temperature"
     assert main([*argv, "--no-fused"]) == 0
     assert CalibratorSet.load(root / "runs" / "calibrate" / "trio3" / "calibrators.json").fused is None
@@ -165,3 +166,65 @@ def test_reliability_diagram_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
     assert (width, height) == (500, 720)
+
+
+def test_holdout_and_val_test_protocols(files, tmp_path, capsys):
+    root, gt, _ = files
+    # Two annotation files from one dataset: the first 40 images to fit on, the last 20 to measure on.
+    val = {**gt, "images": gt["images"][:40]}
+    test = {**gt, "images": gt["images"][40:]}
+    keep = {i["id"] for i in val["images"]}
+    val["annotations"] = [a for a in gt["annotations"] if a["image_id"] in keep]
+    test["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in keep]
+    (tmp_path / "v.json").write_text(json.dumps(val))
+    (tmp_path / "t.json").write_text(json.dumps(test))
+    preds = [
+        "--predictions",
+        f"a={root / 'a.json'}",
+        "--predictions",
+        f"b={root / 'runs/score/trio/cache/b.jsonl'}",
+    ]
+    base = [
+        "calibrate",
+        "--config",
+        str(root / "ens.yaml"),
+        *preds,
+        "--runs",
+        str(tmp_path),
+        "--method",
+        "beta",
+    ]
+    assert (
+        main([*base, "--val", str(tmp_path / "v.json"), "--test", str(tmp_path / "t.json"), "--name", "vt"])
+        == 0
+    )
+    assert "fit on --val" in capsys.readouterr().out
+    report = json.loads((tmp_path / "calibrate" / "vt" / "report.json").read_text())
+    assert report["protocol"]["kind"] == "val/test" and report["protocol"]["folds"] == [
+        {"fit": 40, "held_out": 20}
+    ]
+    # The final fit uses the --val images only: the same calibrators as a k-fold run on the val file alone.
+    # (the val file holds only its images, so predictions on the others must be left out of that run)
+    from fusion.coco.predictions import load_predictions
+
+    gt_all = load_annotations(root / "val.json")
+    for name, path in (("a", root / "a.json"), ("b", root / "runs/score/trio/cache/b.jsonl")):
+        p = load_predictions(path, gt_all)
+        p.select(np.isin(p.image_ids, list(keep))).save(tmp_path / f"{name}_val.json")
+    only_val = [
+        "--predictions",
+        f"a={tmp_path / 'a_val.json'}",
+        "--predictions",
+        f"b={tmp_path / 'b_val.json'}",
+    ]
+    plain = ["calibrate", "--config", str(root / "ens.yaml"), *only_val, "--runs", str(tmp_path)]
+    assert main([*plain, "--method", "beta", "--annotations", str(tmp_path / "v.json"), "--name", "kf"]) == 0
+    fitted = [json.loads((tmp_path / "calibrate" / n / "calibrators.json").read_text()) for n in ("vt", "kf")]
+    assert fitted[0] == fitted[1] and fitted[0]["fused"]["method"] == "beta"
+
+    assert main([*base, "--annotations", str(root / "val.json"), "--holdout", "0.25", "--name", "ho"]) == 0
+    report = json.loads((tmp_path / "calibrate" / "ho" / "report.json").read_text())
+    assert (
+        report["protocol"]["folds"] == [{"fit": 45, "held_out": 15}] and report["final_fit"]["images"] == 60
+    )
+    assert len(report["held_out"]["candidates"]["beta"]["fused AP"]["folds"]) == 1

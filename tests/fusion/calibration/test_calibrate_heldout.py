@@ -81,3 +81,15 @@ def test_auto_refuses_ap_losers_and_holds_on_an_unseen_demo_set(tmp_path, monkey
     metrics = json.loads((tmp_path / "runs" / "fuse" / "f1" / "metrics.json").read_text())
     assert metrics["fused"]["AP"] >= metrics["fused_uncalibrated"]["AP"] - 0.002
     assert metrics["fused"]["D-ECE"] <= 0.5 * metrics["fused_uncalibrated"]["D-ECE"]
+
+    # Without a fused calibrator every candidate calibrates the members, which costs fused AP on these members:
+    # auto refuses them all and writes an empty set (applying it changes nothing).
+    capsys.readouterr()
+    files = [x for m in MEMBERS for x in ("--predictions", f"{m}={data[0] / f'{m}.json'}")]
+    assert main([*argv[:-1], "none", *files, "--no-fused"]) == 0
+    out = capsys.readouterr().out
+    report = json.loads((tmp_path / "runs" / "calibrate" / "none" / "report.json").read_text())
+    assert report["held_out"]["chosen"] is None and "no calibrator kept" in out
+    assert all(c["verdict"].startswith("refused") for c in report["held_out"]["candidates"].values())
+    written = json.loads((tmp_path / "runs" / "calibrate" / "none" / "calibrators.json").read_text())
+    assert written["members"] == {} and written["fused"] is None
