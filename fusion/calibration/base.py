@@ -50,6 +50,10 @@ def _as_float64(values: Any) -> np.ndarray:
     return np.asarray(torch.as_tensor(values).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
 
 
+# method name -> Calibrator subclass, filled as the subclasses are defined (fusion.calibration.calibrators).
+_METHODS: dict[str, type[Calibrator]] = {}
+
+
 class Calibrator(ABC):
     """A fitted monotone score map; subclasses hold one parameter dict per curve (``default`` and ``per_class``).
 
@@ -60,6 +64,12 @@ class Calibrator(ABC):
     """
 
     method: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        # Each method registers itself, so from_json finds it without importing the module that defines it.
+        super().__init_subclass__(**kwargs)
+        if "method" in cls.__dict__:
+            _METHODS[cls.method] = cls
 
     def __init__(
         self,
@@ -217,13 +227,11 @@ class Calibrator(ABC):
     @staticmethod
     def from_json(data: Mapping[str, Any]) -> Calibrator:
         """Rebuild any calibrator from :meth:`to_json` data; ``ValueError`` for an unknown method or bad field."""
-        from fusion.calibration.calibrators import CALIBRATORS
-
         if not isinstance(data, Mapping) or "method" not in data or "default" not in data:
             raise ValueError("calibrator JSON must be an object with 'method' and 'default'")
         method = data["method"]
-        if method not in CALIBRATORS:
-            raise ValueError(f"unknown calibrator method {method!r}; known: {sorted(CALIBRATORS)}")
+        if method not in _METHODS:
+            raise ValueError(f"unknown calibrator method {method!r}; known: {sorted(_METHODS)}")
         tables = {}
         for key in ("per_class", "class_weights"):
             table = data.get(key) or {}
@@ -233,7 +241,7 @@ class Calibrator(ABC):
                 raise ValueError(
                     f"{method} calibrator: {key} keys must be integer labels, got {list(table)}"
                 ) from None
-        return CALIBRATORS[method](data["default"], tables["per_class"], tables["class_weights"])
+        return _METHODS[method](data["default"], tables["per_class"], tables["class_weights"])
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Calibrator) and self.to_json() == other.to_json()
