@@ -81,7 +81,7 @@ def calibration_rows(label: str, fit: CalibrationTask, unseen: CalibrationTask) 
     ids = unseen.image_ids
     raw = unseen.measure(None, ids)
     rows = [
-        f"{label:<20}{'uncalibrated':<26}{cv.uncalibrated.ap.mean:>9.4f}{cv.uncalibrated.dece.mean:>9.4f}"
+        f"{label:<22}{'uncalibrated':<26}{cv.uncalibrated.ap.mean:>9.4f}{cv.uncalibrated.dece.mean:>9.4f}"
         f"{raw.ap:>9.4f}{raw.dece:>9.4f}{'':>7}{'':>6}"
     ]
     outcome = None
@@ -90,17 +90,17 @@ def calibration_rows(label: str, fit: CalibrationTask, unseen: CalibrationTask) 
         after = unseen.measure(fit.fit(candidate, fit.image_ids), ids)
         mark = " <- auto" if candidate.name == chosen else ""
         rows.append(
-            f"{'':<20}{candidate.name:<26}{result.ap.mean:>9.4f}{result.dece.mean:>9.4f}{after.ap:>9.4f}"
+            f"{'':<22}{candidate.name:<26}{result.ap.mean:>9.4f}{result.dece.mean:>9.4f}{after.ap:>9.4f}"
             f"{after.dece:>9.4f}{after.ap - raw.ap:>+8.4f}{after.dece / raw.dece:>7.2f}{mark}"
         )
         if candidate.name == chosen:
             outcome = after
     if outcome is None:
-        rows.append(f"{'':<20}auto kept none: every candidate lost held-out AP")
+        rows.append(f"{'':<22}auto kept none: every candidate lost held-out AP")
         outcome = raw
     met = outcome.dece <= 0.5 * raw.dece and outcome.ap >= raw.ap - AP_TOLERANCE
     rows.append(
-        f"{'':<20}target (auto, unseen seed: D-ECE <= 0.5x, AP >= uncal - {AP_TOLERANCE}): "
+        f"{'':<22}target (auto, unseen seed: D-ECE <= 0.5x, AP >= uncal - {AP_TOLERANCE}): "
         f"{'MET' if met else 'NOT MET'}"
     )
     return rows
@@ -144,7 +144,7 @@ def main() -> None:
         "columns: k-fold estimate on the fit seed (fused AP, D-ECE) | unseen seed (fused AP, D-ECE, AP change, D-ECE ratio)"
     )
     print(
-        f"{'members':<20}{'calibration':<26}{'kf AP':>9}{'kf D-ECE':>9}{'AP':>9}{'D-ECE':>9}{'dAP':>8}{'ratio':>7}"
+        f"{'members':<22}{'calibration':<26}{'kf AP':>9}{'kf D-ECE':>9}{'AP':>9}{'D-ECE':>9}{'dAP':>8}{'ratio':>7}"
     )
     for label, make, seeds in (("miscalibrated", miscalibrated, (11, 12)), ("demo", demo, (0, 1))):
         fit, unseen = (task(*make(args.images, s)) for s in seeds)
