@@ -1,142 +1,164 @@
-"""Uncalibrated vs calibrated WBF on generated members miscalibrated in different directions.
+"""Calibration and tuning measured on data they were not fitted on: k-fold estimates vs an unseen seed.
 
-Three members see the same generated objects: ``over`` (over-confident, temperature 0.4), ``under``
-(under-confident, 2.5) and ``fair`` (calibrated by construction, 1.0); see
-:mod:`fusion.synthetic`. Isotonic calibrators are fitted per member on a validation split and applied
-to the members' scores on a separate test split before WBF. Reported on the test split: D-ECE of each member and of
-the fused output (protocol printed), and COCO AP / AP50 (faster-coco-eval, pycocotools' numbers) of the fused output.
+Two sets of generated members, each drawn twice with DIFFERENT seeds (one draw to fit on, one to measure on):
 
-Run: ``python benchmarks/calibrated_fusion.py [--images 500] [--method isotonic]``
+* ``miscalibrated``: three members of :func:`fusion.synthetic.simulate_miscalibrated_member` (over-confident
+  T=0.4, under-confident T=2.5, calibrated T=1.0) on fit seed 11 / unseen seed 12;
+* ``demo``: the simulated demo's members (:func:`fusion.synthetic.default_members`, as ``fusion demo`` draws them)
+  on fit seed 0 / unseen seed 1 (the case of issue 12).
+
+Calibration (what ``fusion calibrate`` does, through :class:`fusion.calibration.heldout.CalibrationTask`, i.e. the
+one pipeline): every candidate is cross-validated (5-fold) on the fit seed, ``--method auto`` picks one, the final
+calibrators are fitted on the whole fit seed and applied to the unseen seed. Targets for ``auto`` on the unseen seed:
+fused D-ECE <= 1/2 of uncalibrated and fused AP >= uncalibrated - 0.002.
+
+Tuning (``fusion tune``, :func:`fusion.tuning.heldout.tune_heldout`): one search per policy, equal budgets, 5-fold on
+the demo's fit seed; the winner's k-fold gain over the default config must be reproduced on the unseen seed within
++-0.005 AP.
+
+Run: ``python benchmarks/calibrated_fusion.py [--images 200] [--trials 10] [--policies wbf,soft_nms]``
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
-from fusion import fuse_batch
-from fusion.calibration import (
-    CalibrationProtocol,
-    apply_calibrators,
-    calibrate_detections,
-    detection_ece,
-    fit_calibrator_set,
-    fit_member_calibrator,
-)
-from fusion.classes import ClassMap
+import torch
+
+from fusion.calibration.heldout import CalibrationTask, auto_candidates, cross_validate
+from fusion.calibration.select import AP_TOLERANCE, choose_method
 from fusion.coco.annotations import load_annotations
-from fusion.interop import from_coco_records, to_coco_records
-from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
+from fusion.coco.predictions import Predictions
+from fusion.holdout import HeldOutProtocol, kfold_splits
+from fusion.pipeline import Pipeline
+from fusion.synthetic import (
+    default_members,
+    make_coco_ground_truth,
+    simulate_member,
+    simulate_miscalibrated_member,
+)
+from fusion.tuning.heldout import tune_heldout, winner
+from fusion.tuning.search import Scorer, default_setting
 
-MEMBERS = {"over": 0.4, "under": 2.5, "fair": 1.0}
+MISCALIBRATED = {"over": 0.4, "under": 2.5, "fair": 1.0}
 
 
-def split(num_images: int, seed: int) -> tuple[dict, ClassMap, dict, dict]:
-    gt = make_coco_ground_truth(num_images, seed=seed, crowd_fraction=0.02)
-    class_map = ClassMap.from_coco_categories(gt["categories"])
-    truth = load_annotations(gt).detections()
-    sizes = {i: d.image_size for i, d in truth.items()}
-    members = {
-        name: from_coco_records(
-            simulate_miscalibrated_member(gt, temperature, seed=100 * seed + k),
-            class_map,
-            sizes,
-            truth.keys(),
-        )
-        for k, (name, temperature) in enumerate(MEMBERS.items())
+def miscalibrated(images: int, seed: int) -> tuple[Any, dict[str, Predictions]]:
+    data = make_coco_ground_truth(images, seed=seed, crowd_fraction=0.02)
+    records = {
+        name: simulate_miscalibrated_member(data, temperature, seed=100 * seed + k)
+        for k, (name, temperature) in enumerate(MISCALIBRATED.items())
     }
-    return gt, class_map, truth, members
+    return _loaded(data, records)
 
 
-def coco_ap(gt: dict, fused: dict, class_map: ClassMap) -> tuple[float, float]:
-    from faster_coco_eval import COCO, COCOeval_faster
-
-    records = [r for image_id, det in fused.items() for r in to_coco_records(det, image_id, class_map)]
-    coco_gt = COCO(gt, print_function=lambda *a, **k: None)
-    coco_dt = coco_gt.loadRes(records)
-    evaluator = COCOeval_faster(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return float(evaluator.stats[0]), float(evaluator.stats[1])
+def demo(images: int, seed: int) -> tuple[Any, dict[str, Predictions]]:
+    data = make_coco_ground_truth(images, seed=seed)
+    # As fusion demo draws them: member k from seed + 1 + k.
+    records = {
+        name: simulate_member(data, spec, seed + 1 + k) for k, (name, spec) in enumerate(default_members())
+    }
+    return _loaded(data, records)
 
 
-def fuse_all(members: dict[str, dict], image_ids: list) -> dict:
-    per_image = [[members[name][i] for name in MEMBERS] for i in image_ids]
-    return dict(zip(image_ids, fuse_batch(per_image, "wbf", iou_thr=0.55, skip_box_thr=0.0)))
+def _loaded(data: dict, records: dict[str, list]) -> tuple[Any, dict[str, Predictions]]:
+    gt = load_annotations(data)
+    return gt, {name: Predictions.from_records(r) for name, r in records.items()}
+
+
+def task(gt: Any, members: dict[str, Predictions]) -> CalibrationTask:
+    """The ensemble of these members under WBF defaults, in the dataset's vocabulary."""
+    return CalibrationTask(gt, members, Pipeline.build(vocabulary=gt.class_map), gt.class_map)
+
+
+def calibration_rows(label: str, fit: CalibrationTask, unseen: CalibrationTask) -> list[str]:
+    """k-fold estimate and unseen-seed numbers of every candidate and of the one ``auto`` keeps."""
+    candidates = auto_candidates()
+    cv = cross_validate(fit, candidates, kfold_splits(fit.image_ids, 5, 0))
+    chosen, _ = choose_method(cv.results, cv.uncalibrated.ap.mean)
+    ids = unseen.image_ids
+    raw = unseen.measure(None, ids)
+    rows = [
+        f"{label:<22}{'uncalibrated':<26}{cv.uncalibrated.ap.mean:>9.4f}{cv.uncalibrated.dece.mean:>9.4f}"
+        f"{raw.ap:>9.4f}{raw.dece:>9.4f}{'':>7}{'':>6}"
+    ]
+    outcome = None
+    for candidate in candidates:
+        result = cv.results[candidate.name]
+        after = unseen.measure(fit.fit(candidate, fit.image_ids), ids)
+        mark = " <- auto" if candidate.name == chosen else ""
+        rows.append(
+            f"{'':<22}{candidate.name:<26}{result.ap.mean:>9.4f}{result.dece.mean:>9.4f}{after.ap:>9.4f}"
+            f"{after.dece:>9.4f}{after.ap - raw.ap:>+8.4f}{after.dece / raw.dece:>7.2f}{mark}"
+        )
+        if candidate.name == chosen:
+            outcome = after
+    if outcome is None:
+        rows.append(f"{'':<22}auto kept none: every candidate lost held-out AP")
+        outcome = raw
+    met = outcome.dece <= 0.5 * raw.dece and outcome.ap >= raw.ap - AP_TOLERANCE
+    rows.append(
+        f"{'':<22}target (auto, unseen seed: D-ECE <= 0.5x, AP >= uncal - {AP_TOLERANCE}): "
+        f"{'MET' if met else 'NOT MET'}"
+    )
+    return rows
+
+
+def tuning_rows(images: int, trials: int, policies: list[str]) -> list[str]:
+    gt, members = demo(images, 0)
+    ids = [int(i) for i in gt.image_ids.tolist()]
+    protocol = HeldOutProtocol(gt, kfold_splits(ids, 5, 0), tuple(ids), "k-fold", {"k": 5, "seed": 0})
+    results = tune_heldout(Scorer(members, gt), protocol, policies, trials, seed=0, progress=False)
+    best = winner(results)
+    unseen_gt, unseen_members = demo(images, 1)
+    scorer = Scorer(unseen_members, unseen_gt)
+    default_ap = scorer.stats(default_setting("wbf", len(unseen_members)))["AP"]
+    rows = []
+    for result in results:
+        unseen_gain = scorer.stats(result.best.policy)["AP"] - default_ap
+        diff = unseen_gain - result.gain_over_default.mean
+        rows.append(
+            f"{result.policy:<10}{result.held_out!s:>18}{result.gain_over_default!s:>18}"
+            f"{unseen_gain:>+10.4f}{diff:>+9.4f}{' <- winner' if result is best else ''}  {result.best.policy}"
+        )
+    unseen_gain = scorer.stats(best.best.policy)["AP"] - default_ap
+    met = abs(unseen_gain - best.gain_over_default.mean) <= 0.005
+    rows.append(
+        f"target (winner's unseen gain within +-0.005 of the k-fold estimate): {'MET' if met else 'NOT MET'}"
+    )
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=500, help="images per split")
-    parser.add_argument("--method", default="isotonic", choices=["isotonic", "temperature", "histogram"])
-    parser.add_argument("--per-class", action="store_true")
+    parser.add_argument("--images", type=int, default=200, help="images per seed")
+    parser.add_argument("--trials", type=int, default=10, help="tuning trials per policy and fold")
+    parser.add_argument("--policies", default="wbf,soft_nms", help="policies tuned (equal budgets)")
     args = parser.parse_args()
-    protocol = CalibrationProtocol()
-
-    _, class_map, val_truth, val_members = split(args.images, seed=11)
-    test_gt, _, test_truth, test_members = split(args.images, seed=12)
+    torch.set_num_threads(1)
     start = time.perf_counter()
-    calibrators = fit_calibrator_set(
-        val_members, val_truth, args.method, args.per_class, classes=class_map.names
-    )
-    fit_s = time.perf_counter() - start
-    image_ids = list(test_truth)
-    start = time.perf_counter()
-    calibrated = apply_calibrators(
-        {n: [m[i] for i in image_ids] for n, m in test_members.items()}, calibrators
-    )
-    apply_s = time.perf_counter() - start
-    calibrated = {n: dict(zip(image_ids, dets)) for n, dets in calibrated.items()}
-
-    rows = []
-    for name in MEMBERS:
-        before = detection_ece(test_members[name], test_truth, protocol).value
-        after = detection_ece(calibrated[name], test_truth, protocol).value
-        rows.append((f"member {name} (T={MEMBERS[name]})", before, after, None, None))
-    fused_raw = fuse_all(test_members, image_ids)
-    fused_cal = fuse_all(calibrated, image_ids)
-    # Post-fusion calibrator: fitted on the validation split's fusion of calibrated members.
-    val_ids = list(val_truth)
-    val_cal = apply_calibrators({n: [m[i] for i in val_ids] for n, m in val_members.items()}, calibrators)
-    fused_val = fuse_all({n: dict(zip(val_ids, d)) for n, d in val_cal.items()}, val_ids)
-    calibrators.fused = fit_member_calibrator(fused_val, val_truth, args.method)
-    fused_both = dict(
-        zip(image_ids, calibrate_detections([fused_cal[i] for i in image_ids], calibrators.fused))
-    )
-    d_both = detection_ece(fused_both, test_truth, protocol).value
-    ap_both, ap50_both = coco_ap(test_gt, fused_both, class_map)
-    d_raw = detection_ece(fused_raw, test_truth, protocol).value
-    d_cal = detection_ece(fused_cal, test_truth, protocol).value
-    ap_raw, ap50_raw = coco_ap(test_gt, fused_raw, class_map)
-    ap_cal, ap50_cal = coco_ap(test_gt, fused_cal, class_map)
-
+    print(f"calibrated_fusion: {args.images} images per seed, WBF defaults, 5-fold on the fit seed")
     print(
-        f"calibrated_fusion: {args.images} val + {args.images} test images, {len(MEMBERS)} members, "
-        f"method={args.method}{' per class' if args.per_class else ''}, WBF iou_thr=0.55 conf_type=avg"
+        "columns: k-fold estimate on the fit seed (fused AP, D-ECE) | unseen seed (fused AP, D-ECE, AP change, D-ECE ratio)"
     )
-    print(f"D-ECE protocol: {protocol.describe()}")
     print(
-        "columns: uncalibrated | members calibrated | members + fused output calibrated (ratios to uncalibrated)"
+        f"{'members':<22}{'calibration':<26}{'kf AP':>9}{'kf D-ECE':>9}{'AP':>9}{'D-ECE':>9}{'dAP':>8}{'ratio':>7}"
     )
-    print(f"{'':<28}{'uncal':>9}{'members':>9}{'ratio':>7}{'+fused':>9}{'ratio':>7}")
-    for label, before, after, _, _ in rows:
-        print(f"{label + ' D-ECE':<28}{before:>9.4f}{after:>9.4f}{after / before:>7.2f}{'':>9}{'':>7}")
-    for label, raw, cal, both in (
-        ("fused WBF D-ECE", d_raw, d_cal, d_both),
-        ("fused WBF AP", ap_raw, ap_cal, ap_both),
-        ("fused WBF AP50", ap50_raw, ap50_cal, ap50_both),
-    ):
-        print(f"{label:<28}{raw:>9.4f}{cal:>9.4f}{cal / raw:>7.3f}{both:>9.4f}{both / raw:>7.3f}")
+    for label, make, seeds in (("miscalibrated", miscalibrated, (11, 12)), ("demo", demo, (0, 1))):
+        fit, unseen = (task(*make(args.images, s)) for s in seeds)
+        for row in calibration_rows(f"{label} {seeds[0]}->{seeds[1]}", fit, unseen):
+            print(row)
+    print()
+    policies = [p for p in args.policies.split(",") if p]
+    print(f"tuning on demo seed 0 (5-fold, {args.trials} trials per policy and fold), checked on demo seed 1")
     print(
-        f"fit {fit_s:.2f} s, apply {apply_s * 1000:.1f} ms ({sum(len(d) for m in calibrated.values() for d in m.values())} boxes)"
+        f"{'policy':<10}{'kf held-out AP':>18}{'kf gain/default':>18}{'unseen':>10}{'diff':>9}  best setting"
     )
-    for label, d, ap in (
-        ("members calibrated", d_cal, ap_cal),
-        ("members + fused calibrated", d_both, ap_both),
-    ):
-        ok = d <= 0.5 * d_raw and ap >= ap_raw
-        print(f"targets (fused D-ECE <= 0.5x, AP not lower), {label}: {'MET' if ok else 'NOT MET'}")
+    for row in tuning_rows(args.images, args.trials, policies):
+        print(row)
+    print(f"total {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_yaml",
     "check_run_name",
+    "check_runs_root",
     "lock_run_dir",
     "parse_yaml",
     "paused_gc",
@@ -221,6 +222,15 @@ def lock_run_dir(path: str | Path) -> Path:
     return path
 
 
+def check_runs_root(verb: str, root: str | Path = "runs") -> Path:
+    """``<root>/<verb>``, after checking that neither is a file (so a long job can say so before it computes)."""
+    base = Path(root) / verb
+    for parent in (Path(root), base):
+        if parent.exists() and not parent.is_dir():
+            raise ValueError(f"cannot write runs under {parent}: it is a file, not a folder")
+    return base
+
+
 def run_dir(
     verb: str, name: str, root: str | Path = "runs", exist_ok: bool = False, lock: bool = True
 ) -> Path:
@@ -241,10 +251,7 @@ def run_dir(
         RunLockedError: another process holds the folder.
     """
     check_run_name(name)
-    base = Path(root) / verb
-    for parent in (Path(root), base):
-        if parent.exists() and not parent.is_dir():
-            raise ValueError(f"cannot write runs under {parent}: it is a file, not a folder")
+    base = check_runs_root(verb, root)
     candidate = base / name
     if not exist_ok:
         suffix = 2

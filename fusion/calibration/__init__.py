@@ -6,7 +6,9 @@ Entry points for the rest of the engine:
   ``fuse``, ``tune``);
 * :func:`dece_entry` / :func:`detection_ece` with a :class:`CalibrationProtocol` — the ``"D-ECE"`` of a
   ``metrics.json`` entry;
-* :func:`fit_calibrator_set` — fit calibrators on a validation set (``fusion calibrate``).
+* :func:`fit_calibrator_set` — fit calibrators on a validation set;
+* :mod:`fusion.calibration.heldout` — ``fusion calibrate``: fit on some images, measure on others (k-fold, holdout,
+  val/test), and ``--method auto``'s choice (:mod:`fusion.calibration.select`).
 
 Plots (matplotlib) live in :mod:`fusion.calibration.plots`, imported on demand.
 """

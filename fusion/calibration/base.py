@@ -52,6 +52,10 @@ def _as_float64(values: Any) -> np.ndarray:
     return np.asarray(torch.as_tensor(values).detach().cpu().double().numpy(), dtype=np.float64).reshape(-1)
 
 
+# method name -> Calibrator subclass, filled as the subclasses are defined (fusion.calibration.calibrators).
+_METHODS: dict[str, type[Calibrator]] = {}
+
+
 class Calibrator(ABC):
     """A fitted monotone score map; subclasses hold one parameter dict per curve (``default`` and ``per_class``).
 

@@ -134,8 +134,12 @@ class BetaCalibrator(Calibrator):
 
 
 def _pool_blocks(values: np.ndarray, counts: np.ndarray, centres: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Merge runs of equal ``values``: per run, its total count, count-weighted centre and value."""
-    run = np.cumsum(np.r_[True, values[1:] != values[:-1]]) - 1
+    """Merge runs of equal ``values``: per run, its total count, count-weighted centre and value.
+
+    "Equal" up to rounding noise: PAV's pooled means can differ in the last bits (0.25 vs 0.25000000000000006),
+    and two knots that close would make a flat, tie-making segment.
+    """
+    run = np.cumsum(np.r_[True, np.abs(np.diff(values)) > 1e-12]) - 1
     n = np.bincount(run, weights=counts)
     return n, np.bincount(run, weights=counts * centres) / n, np.bincount(run, weights=counts * values) / n
 

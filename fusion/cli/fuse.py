@@ -31,9 +31,11 @@ def parse_policy(tokens: list[str] | None) -> tuple[str | None, dict[str, Any]]:
     return name or "wbf", params
 
 
-def add_common(parser: argparse.ArgumentParser) -> None:
+def add_common(parser: argparse.ArgumentParser, annotations_required: bool = True) -> None:
     """Options shared by ``fuse``, ``score`` and ``tune``."""
-    parser.add_argument("--annotations", required=True, help="COCO annotation JSON (ground truth)")
+    parser.add_argument(
+        "--annotations", required=annotations_required, help="COCO annotation JSON (ground truth)"
+    )
     parser.add_argument(
         "--backend",
         default="auto",
@@ -65,7 +67,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "conf_type avg, equal weights).",
     )
     parser.add_argument(
-        "predictions", nargs="+", help="COCO results files (.json list or .jsonl), one per member"
+        "predictions", nargs="*", help="COCO results files (.json list or .jsonl), one per member"
+    )
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="an ensemble config whose members are all results files (e.g. fusion tune's best.yaml): its files, "
+        "policy, weights and calibrators are used (instead of the positional files, --policy, --calibrators)",
     )
     add_common(parser)
     parser.add_argument(
@@ -90,6 +98,32 @@ def run(args: argparse.Namespace) -> int:
     from fusion.scoring.fuse_files import fuse_files
 
     resolve_device(args.device, "--device")  # said before any file is read
+    if args.config is not None:
+        given = [
+            o
+            for o, v in (
+                ("files", args.predictions),
+                ("--policy", args.policy),
+                ("--calibrators", args.calibrators),
+            )
+            if v
+        ]
+        if given:
+            raise ValueError(f"--config names the files, policy and calibrators; drop {', '.join(given)}")
+        from fusion.scoring.config_files import fuse_config
+
+        fuse_config(
+            args.config,
+            args.annotations,
+            name=args.name,
+            root=args.project,
+            backend=args.backend,
+            device=args.device,
+            plots=not args.no_plots,
+        )
+        return 0
+    if not args.predictions:
+        raise ValueError("give the members' results files, or --config with an ensemble of results files")
     policy, params = parse_policy(args.policy)
     fuse_files(
         args.predictions,

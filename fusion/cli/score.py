@@ -18,7 +18,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "each rank runs its shard of images and rank 0 evaluates.",
     )
     parser.add_argument("--config", required=True, help="ensemble config YAML (or a shipped config name)")
-    parser.add_argument("--images", required=True, help="folder holding the images' file_name paths")
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="folder holding the images' file_name paths (not needed when every member is a results file)",
+    )
     add_common(parser)
     parser.add_argument("--device", default=None, help="override the config's device")
     parser.add_argument(
@@ -36,6 +40,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from fusion.scoring.score import score
 
+    if args.images is None:
+        # Every member a saved results file (e.g. fusion tune's best.yaml): no images or models to run.
+        from fusion.scoring.config_files import fuse_config
+
+        fuse_config(
+            args.config,
+            args.annotations,
+            command="score",
+            name=args.name,
+            root=args.project,
+            overrides=args.overrides,
+            backend=args.backend,
+            device=args.device or "cpu",
+            plots=not args.no_plots,
+        )
+        return 0
     score(
         args.config,
         args.annotations,

@@ -1,4 +1,4 @@
-"""``fusion tune``: search fusion settings that maximise fused COCO AP on a validation set."""
+"""``fusion tune``: search fusion settings that maximise fused COCO AP, measured on held-out images."""
 
 from __future__ import annotations
 
@@ -8,36 +8,41 @@ __all__ = ["add_parser", "run"]
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from fusion.cli.calibrate import add_protocol
     from fusion.cli.fuse import add_calibrators, add_common
 
     parser = subparsers.add_parser(
         "tune",
-        help="search fusion policy, thresholds and member weights that maximise fused AP",
+        help="search fusion policy, thresholds and member weights that maximise fused AP (held-out)",
         description="Search the fusion policy, iou_thr, skip_box_thr, conf_type / quorum and member weights on saved "
         "member results files (Latin-hypercube exploration, then Nelder-Mead polishing; see fusion.tuning.search). "
-        "Writes the best ensemble config (best.yaml) and the table of trials (trials.csv).",
+        "Each policy gets the same budget; each is searched on every fold's fit images and scored on its held-out "
+        "images (default 5-fold), against the default config and the best member. Writes best.yaml (the winner, "
+        "searched on all images), trials.csv, metrics.json, report.md and trials.png.",
     )
     parser.add_argument("predictions", nargs="+", help="validation-set COCO results files, one per member")
-    add_common(parser)
+    add_common(parser, annotations_required=False)
     parser.add_argument(
         "--policies", default="wbf", help="comma-separated policies to search (e.g. wbf,voting,nms)"
     )
-    parser.add_argument("--trials", type=int, default=40, help="number of fusion settings to evaluate")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--trials", type=int, default=40, help="fusion settings evaluated per policy and fold"
+    )
     parser.add_argument(
         "--pred-classes", default=None, help="vocabulary of the files' category ids (e.g. coco80)"
     )
     add_calibrators(parser)
+    add_protocol(parser)
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.tuning.search import tune_files
+    from fusion.tuning.files import tune_files
 
     tune_files(
         args.predictions,
         args.annotations,
-        policies=[p.strip() for p in args.policies.split(",") if p.strip()],
+        policies=args.policies.split(","),
         trials=args.trials,
         seed=args.seed,
         backend=args.backend,
@@ -45,5 +50,10 @@ def run(args: argparse.Namespace) -> int:
         root=args.project,
         pred_classes=args.pred_classes,
         calibrators=args.calibrators,
+        folds=args.folds,
+        holdout=args.holdout,
+        val=args.val,
+        test=args.test,
+        plots=not args.no_plots,
     )
     return 0

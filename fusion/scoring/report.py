@@ -22,11 +22,13 @@ from typing import Any
 from fusion.coco.annotations import CocoGroundTruth
 from fusion.coco.evaluate import STAT_KEYS, EvalResult
 from fusion.coco.predictions import Predictions
-from fusion.io import atomic_write_bytes, atomic_write_json, atomic_write_text, atomic_write_yaml
+from fusion.io import atomic_write_json, atomic_write_text, atomic_write_yaml
+from fusion.scoring.plots import class_gains, plot_per_class_ap, plot_pr_curves
 from fusion.scoring.run import ScoredRun
 
 __all__ = [
     "build_metrics",
+    "format_class_table",
     "format_run",
     "format_table",
     "plot_per_class_ap",
@@ -77,13 +79,23 @@ def build_metrics(
     return metrics
 
 
+def _number(value: float | None) -> str:
+    """``0.1234``; COCO's -1 (no ground truth in that range), NaN and missing values as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value == -1:
+        return "–"
+    return f"{value:.4f}"
+
+
+def _gain(fused: float, member: float) -> str:
+    return "–" if -1 in (fused, member) else f"{fused - member:+.4f}"
+
+
 def _cells(
     stats: Mapping[str, float], extra: Mapping[str, Any] | None, columns: list[str], bold: bool
 ) -> str:
-    values = [f"{stats[k]:.4f}" for k in _TABLE_KEYS]
+    values = [_number(stats[k]) for k in _TABLE_KEYS]
     for column in columns[len(_TABLE_KEYS) :]:
-        value = (extra or {}).get(column)
-        values.append("-" if value is None else f"{value:.4f}")
+        values.append(_number((extra or {}).get(column)))
     return " | ".join(f"**{v}**" if bold else v for v in values)
 
 
@@ -104,21 +116,48 @@ def format_table(
         if any(key in e for e in extra.values()):
             columns.append(key)
     header = "| | " + " | ".join(columns) + " |\n|---|" + "---:|" * len(columns) + "\n"
-    rows = [f"| {name} | {_cells(r.stats, extra.get(name), columns, False)} |" for name, r in members.items()]
-    if fused_uncalibrated is not None:
+    calibrated = fused_uncalibrated is not None
+    rows = [
+        f"| {name}{' (calibrated)' if 'D-ECE uncalibrated' in extra.get(name, {}) else ''} | "
+        f"{_cells(r.stats, extra.get(name), columns, False)} |"
+        for name, r in members.items()
+    ]
+    if calibrated:
         rows.append(
             f"| fused, uncalibrated | {_cells(fused_uncalibrated, fused_uncalibrated, columns, False)} |"
         )
     if fused is not None:
-        rows.append(f"| **fused** | {_cells(fused.stats, extra.get('fused'), columns, True)} |")
+        label = "**fused (calibrated)**" if calibrated else "**fused**"
+        rows.append(f"| {label} | {_cells(fused.stats, extra.get('fused'), columns, True)} |")
         if members:
             best_name, best = max(members.items(), key=lambda item: item[1].stats["AP"])
-            gains = " | ".join(f"{fused.stats[k] - best.stats[k]:+.4f}" for k in _TABLE_KEYS)
+            gains = " | ".join(_gain(fused.stats[k], best.stats[k]) for k in _TABLE_KEYS)
             rows.append(
                 f"| gain over best member ({best_name}) | {gains} |"
                 + " |" * (len(columns) - len(_TABLE_KEYS))
             )
     return header + "\n".join(rows) + "\n"
+
+
+def format_class_table(
+    members: Mapping[str, EvalResult], fused: EvalResult, fused_uncalibrated: EvalResult | None = None
+) -> str:
+    """Markdown: per class with ground truth, the best member on it, fused AP and the gain, losses first."""
+    calibrated = fused_uncalibrated is not None
+    head = "| class | best member | its AP | fused AP" + (
+        " (calibrated) | fused AP, uncalibrated" if calibrated else ""
+    )
+    lines = [head + " | gain |", "|---|---|---:|---:|" + ("---:|" if calibrated else "") + "---:|"]
+    for name, gain, member, member_ap, fused_ap in class_gains(members, fused):
+        raw = f" {_number(fused_uncalibrated.per_class_ap.get(name))} |" if calibrated else ""
+        lines.append(f"| {name} | {member} | {member_ap:.4f} | {fused_ap:.4f} |{raw} {gain:+.4f} |")
+    missing = [c for c, v in fused.per_class_ap.items() if math.isnan(v)]
+    if missing:
+        lines.append(
+            f"\n{len(missing)} class(es) without ground truth (AP –): {', '.join(missing[:20])}"
+            + (" ..." if len(missing) > 20 else "")
+        )
+    return "\n".join(lines) + "\n"
 
 
 def format_run(run: ScoredRun) -> str:
@@ -136,6 +175,7 @@ def _report_markdown(
     plots: list[str],
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     summary: Mapping[str, Any] | None = None,
+    fused_uncalibrated: EvalResult | None = None,
 ) -> str:
     backend = next(iter(members.values())).backend if members else (fused.backend if fused else "?")
     lines = [
@@ -157,74 +197,14 @@ def _report_markdown(
         lines.append(f"- calibrated: {', '.join(summary['calibrators'])} (from {', '.join(files)})")
     lines += ["", format_table(members, fused, extra, summary.get("fused_uncalibrated"))]
     lines += [f"![{Path(p).stem}]({Path(p).name})" for p in plots]
+    if fused is not None and members:
+        lines += [
+            "",
+            "## Per class: fused AP@[.50:.95] against the best member on the class (where fusion loses first)",
+            "",
+            format_class_table(members, fused, fused_uncalibrated),
+        ]
     return "\n".join(lines) + "\n"
-
-
-def plot_pr_curves(path: Path, members: Mapping[str, EvalResult], fused: EvalResult | None) -> Path:
-    """Precision-recall at IoU .50 and .75 (mean over categories), one line per member and the fused set."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import io
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    from fusion.coco.evaluate import RECALL_THRESHOLDS
-
-    entries = {**members, **({"fused": fused} if fused else {})}
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    for ax, (iou, label) in zip(axes, ((0, "IoU=.50"), (5, "IoU=.75"))):
-        for name, result in entries.items():
-            curve = result.pr_curve(iou)
-            ax.plot(
-                RECALL_THRESHOLDS,
-                np.nan_to_num(curve, nan=0.0),
-                lw=2.5 if name == "fused" else 1.2,
-                label=f"{name} (AP{50 if iou == 0 else 75}={result.stats['AP50' if iou == 0 else 'AP75']:.3f})",
-            )
-        ax.set(
-            xlabel="recall",
-            ylabel="precision",
-            title=f"PR curve, {label}, mean over classes",
-            xlim=(0, 1),
-            ylim=(0, 1.02),
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
-
-
-def plot_per_class_ap(path: Path, members: Mapping[str, EvalResult], fused: EvalResult | None) -> Path:
-    """Grouped bars of per-class AP@[.50:.95]: members and fused side by side (classes without GT omitted)."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import io
-
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    entries = {**members, **({"fused": fused} if fused else {})}
-    first = next(iter(entries.values()))
-    classes = [c for c, v in first.per_class_ap.items() if not math.isnan(v)]
-    width = 0.8 / max(len(entries), 1)
-    fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(classes) * max(len(entries), 1) / 2), 4.5))
-    x = np.arange(len(classes))
-    for k, (name, result) in enumerate(entries.items()):
-        ax.bar(x + k * width, [result.per_class_ap[c] for c in classes], width, label=name)
-    ax.set_xticks(x + 0.4 - width / 2, classes, rotation=90, fontsize=7)
-    ax.set(ylabel="AP@[.50:.95]", title="Per-class AP, members vs fused")
-    ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return atomic_write_bytes(path, buffer.getvalue())
 
 
 def write_outputs(
@@ -240,10 +220,13 @@ def write_outputs(
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     summary: Mapping[str, Any] | None = None,
     reliability: Mapping[str, Any] | None = None,
+    fused_uncalibrated: EvalResult | None = None,
 ) -> dict[str, Any]:
     """Write every output of a scoring run into ``out``; returns the metrics dict.
 
-    ``reliability`` (``{label: DECEResult}``) adds a reliability diagram, ``reliability.png``, to the plots.
+    ``reliability`` (``{label: DECEResult}``) adds a reliability diagram, ``reliability.png``, to the plots;
+    ``fused_uncalibrated`` (the raw members' fusion, when calibrated) is drawn beside the fused PR curve and listed
+    in the per-class table.
     """
     out = Path(out)
     metrics = build_metrics(members, fused, policy, len(gt), extra, summary)
@@ -252,7 +235,7 @@ def write_outputs(
         fused_predictions.save(out / "fused.json")
     written = []
     if plots:
-        written.append(str(plot_pr_curves(out / "pr_curves.png", members, fused)))
+        written.append(str(plot_pr_curves(out / "pr_curves.png", members, fused, fused_uncalibrated)))
         written.append(str(plot_per_class_ap(out / "per_class_ap.png", members, fused)))
         if reliability:
             from fusion.calibration.plots import reliability_diagram
@@ -262,7 +245,8 @@ def write_outputs(
                 written.append(str(reliability_diagram(drawable, out / "reliability.png", "Reliability")))
     atomic_write_json(out / "metrics.json", metrics)
     atomic_write_text(
-        out / "report.md", _report_markdown(gt, members, fused, policy, written, extra, summary)
+        out / "report.md",
+        _report_markdown(gt, members, fused, policy, written, extra, summary, fused_uncalibrated),
     )
     return metrics
 
@@ -293,4 +277,5 @@ def write_run(
         extra=run.entry_extras(),
         summary=run.summary(),
         reliability=reliability,
+        fused_uncalibrated=run.fused_uncalibrated,
     )

@@ -20,18 +20,16 @@ import io
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fusion.coco.annotations import CocoGroundTruth, load_annotations
+from fusion.coco.annotations import CocoGroundTruth
 from fusion.coco.evaluate import evaluate, resolve_backend
 from fusion.coco.predictions import Predictions
 from fusion.pipeline import Calibration, Pipeline
-from fusion.scoring.fuse_files import load_member_files
 
-__all__ = ["SearchSpace", "Trial", "tune", "tune_files"]
+__all__ = ["Scorer", "SearchSpace", "Trial", "default_setting", "trials_csv", "tune"]
 
 CONTINUOUS = {"iou_thr": (0.3, 0.85), "skip_box_thr": (0.0, 0.3)}
 WEIGHT_RANGE = (0.2, 3.0)
@@ -101,6 +99,74 @@ class SearchSpace:
         return slots + list(range(start, start + self.num_weights))
 
 
+class Scorer:
+    """Fused COCO stats of a policy setting on any subset of the images, each setting fused once.
+
+    Members are calibrated once (``calibration``); a setting is fused over ALL images and cached, so the searches of
+    several folds (whose explore points coincide: same seed) share fusions and differ only in the images scored.
+    """
+
+    MAX_CACHED = 512
+
+    def __init__(
+        self,
+        members: Mapping[str, Predictions],
+        gt: CocoGroundTruth,
+        calibration: Calibration | None = None,
+        backend: str = "auto",
+    ) -> None:
+        self.gt, self.backend = gt, resolve_backend(backend)
+        self.pipeline = Pipeline.build(calibration=calibration, vocabulary=gt.class_map)
+        self.calibrated = self.pipeline.calibrate_columns(members, gt)
+        self._fused: dict[str, Predictions] = {}
+        self._subsets: dict[tuple, CocoGroundTruth] = {}
+
+    def fused(self, setting: Mapping[str, Any]) -> Predictions:
+        """The pipeline's fused output under ``setting`` (``{"type", field..., "weights"}``) on every image."""
+        key = repr(sorted(setting.items()))
+        if key not in self._fused:
+            if len(self._fused) >= self.MAX_CACHED:
+                self._fused.clear()
+            trial = self.pipeline.with_policy(
+                {k: v for k, v in setting.items() if k != "weights"}, {"weights": setting.get("weights")}
+            )
+            self._fused[key] = trial.fuse_columns(self.calibrated, self.gt)
+        return self._fused[key]
+
+    def subset(self, ids: Sequence[Any] | None) -> CocoGroundTruth:
+        """The ground truth of ``ids`` (all images when ``None``), cached."""
+        if ids is None:
+            return self.gt
+        key = tuple(sorted(int(i) for i in ids))
+        if key not in self._subsets:
+            self._subsets[key] = self.gt.subset(np.asarray(key, dtype=np.int64))
+        return self._subsets[key]
+
+    def restrict(self, preds: Predictions, ids: Sequence[Any] | None) -> Predictions:
+        if ids is None:
+            return preds
+        return preds.select(np.isin(preds.image_ids, np.asarray([int(i) for i in ids], dtype=np.int64)))
+
+    def stats(self, setting: Mapping[str, Any], ids: Sequence[Any] | None = None) -> dict[str, float]:
+        """Fused stats of ``setting`` on the images ``ids``."""
+        fused = self.restrict(self.fused(setting), ids)
+        return evaluate(self.subset(ids), fused, self.backend, source="fused").stats
+
+    def member_stats(self, ids: Sequence[Any] | None = None) -> dict[str, dict[str, float]]:
+        """Each (calibrated) member's stats on the images ``ids``."""
+        gt = self.subset(ids)
+        return {
+            name: evaluate(gt, self.restrict(p, ids), self.backend, source=f"member {name!r}").stats
+            for name, p in self.calibrated.items()
+        }
+
+
+def default_setting(policy: str, num_members: int) -> dict[str, Any]:
+    """``policy`` at its defaults with equal weights, as the search writes settings."""
+    space = SearchSpace([policy], num_members)
+    return space.decode(_default_point(space))
+
+
 def tune(
     members: Mapping[str, Predictions],
     gt: CocoGroundTruth,
@@ -112,11 +178,15 @@ def tune(
     metric: str = "AP",
     progress: bool = True,
     calibration: Calibration | None = None,
+    scorer: Scorer | None = None,
+    image_ids: Sequence[Any] | None = None,
 ) -> tuple[Trial, list[Trial]]:
     """Search fusion settings for ``members`` on ``gt``; returns the best trial and all trials in order.
 
     With ``calibration``, members are calibrated once, before the search, so every trial fuses calibrated scores
     (as the ensemble will), and the fused output's calibrator (if any) is applied to every trial's fusion.
+    ``scorer`` (a :class:`Scorer` of these members) shares fusions between searches; ``image_ids`` scores the
+    trials on those images only (a fold's fit images).
     """
     from scipy.optimize import minimize
     from scipy.stats import qmc
@@ -124,11 +194,8 @@ def tune(
 
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
-    backend = resolve_backend(backend)
-    space = SearchSpace(policies, len(members))
-    # Members are calibrated once; each trial runs the rest of the same pipeline under its own policy.
-    pipeline = Pipeline.build(calibration=calibration, vocabulary=gt.class_map)
-    calibrated = pipeline.calibrate_columns(members, gt)
+    scorer = scorer or Scorer(members, gt, calibration, backend)
+    space = SearchSpace(policies, len(scorer.calibrated))
     history: list[Trial] = []
     seen: dict[str, float] = {}
     bar = tqdm(total=trials, desc="tune", unit="trial", disable=not progress)
@@ -137,11 +204,7 @@ def tune(
         setting = space.decode(u)
         key = repr(sorted(setting.items()))
         if key not in seen:  # Nelder-Mead revisits points whose decoded (rounded) setting is identical
-            trial = pipeline.with_policy(
-                {k: v for k, v in setting.items() if k != "weights"}, {"weights": setting.get("weights")}
-            )
-            fused = trial.fuse_columns(calibrated, gt)
-            stats = evaluate(gt, fused, backend, source="fused").stats
+            stats = scorer.stats(setting, image_ids)
             history.append(Trial(len(history), phase, setting, stats))
             seen[key] = stats[metric]
             bar.update(1)
@@ -231,108 +294,3 @@ def trials_csv(history: Sequence[Trial]) -> str:
             ]
         )
     return buffer.getvalue()
-
-
-def tune_files(
-    paths: Sequence[str | Path],
-    annotations: str | Path,
-    *,
-    policies: Sequence[str] = ("wbf",),
-    trials: int = 40,
-    seed: int = 0,
-    backend: str = "auto",
-    name: str = "tune",
-    root: str | Path = "runs",
-    pred_classes: str | None = None,
-    classes: str = "coco80",
-    progress: bool = True,
-    calibrators: str | Path | None = None,
-) -> Path:
-    """Tune on saved member results files; writes ``best.yaml`` (an ensemble config of ``predictions`` members
-    with the best fusion and weights), ``trials.csv`` and ``config.yaml`` under ``runs/tune/<name>/``.
-
-    ``calibrators`` (a ``calibrators.json`` naming members by file stem) calibrates members before the search;
-    ``best.yaml`` then references it in each calibrated member's ``calibrator`` field (and as ``fused_calibrator``
-    when the set has one).
-    """
-    from fusion.io import atomic_write_text, atomic_write_yaml, run_dir
-
-    backend = resolve_backend(backend)
-    if progress:
-        print(f"evaluation backend: {backend}")
-    gt = load_annotations(annotations)
-    members = load_member_files(paths, gt, pred_classes)
-    calibration = Calibration.from_file(calibrators) if calibrators is not None else None
-    best, history = tune(
-        members,
-        gt,
-        policies=policies,
-        trials=trials,
-        seed=seed,
-        backend=backend,
-        progress=progress,
-        calibration=calibration,
-    )
-    out = run_dir("tune", name, root)
-    config = best_config(name, classes, members, paths, pred_classes, best, calibration, calibrators)
-    atomic_write_yaml(out / "best.yaml", config)
-    atomic_write_text(out / "trials.csv", trials_csv(history))
-    atomic_write_yaml(
-        out / "config.yaml",
-        {
-            "command": "tune",
-            "annotations": str(annotations),
-            "members": {n: str(p) for n, p in zip(members, paths)},
-            "policies": list(policies),
-            "trials": trials,
-            "seed": seed,
-            "backend": backend,
-            "calibrators": str(calibrators) if calibrators is not None else None,
-            "best": {"policy": best.policy, "stats": best.stats, "trial": best.number},
-        },
-    )
-    if progress:
-        print(f"best fused AP {best.stats['AP']:.4f} (trial {best.number}): {best.policy}")
-        print(f"results in {out}")
-    return out
-
-
-def best_config(
-    name: str,
-    classes: str,
-    members: Mapping[str, Predictions],
-    paths: Sequence[str | Path],
-    pred_classes: str | None,
-    best: Trial,
-    calibration: Calibration | None,
-    calibrators: str | Path | None,
-) -> dict[str, Any]:
-    """``best.yaml``: an ensemble config of ``predictions`` members replaying ``paths`` with the best fusion and
-    weights, and the calibrators the search was scored with."""
-    weights = best.policy.get("weights") or [1.0] * len(members)
-    calibrated = calibration.members if calibration is not None else {}
-    config = {
-        "name": name,
-        "classes": classes,
-        "members": [
-            {
-                "name": n,
-                "type": "predictions",
-                "path": str(Path(p).resolve()),
-                "classes": pred_classes or "coco91",
-                "weight": float(w),
-                **(
-                    {"calibrator": str(Path(calibrators).resolve())}
-                    if n in calibrated and calibrators
-                    else {}
-                ),
-            }
-            for n, p, w in zip(members, paths, weights)
-        ],
-        "fusion": {k: v for k, v in best.policy.items() if k != "weights"},
-    }
-    if (
-        calibration is not None and calibration.fused is not None and calibrators
-    ):  # every trial was scored after it
-        config["fused_calibrator"] = str(Path(calibrators).resolve())
-    return config

@@ -134,6 +134,7 @@ def test_predict_with_calibrators_equals_ensemble_predict_and_fuse(
     }
     (tmp_path / "ens.yaml").write_text(yaml.safe_dump(config))
     fit = ["calibrate", "--config", "ens.yaml", "--annotations", "val.json", "--name", "cal", "--per-class"]
+    fit += ["--method", "isotonic"]
     assert main([*fit, "--predictions", "a=a.json", "--predictions", "b=b.json"]) == 0
     assert main(["predict", "--config", "ens.yaml", str(folder), "--name", "p"]) == 0
     fuse = ["fuse", "a.json", "b.json", "--annotations", "val.json", "--name", "f", "--no-plots"]

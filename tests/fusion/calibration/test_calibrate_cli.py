@@ -11,7 +11,6 @@ from fusion import fuse_batch, make_policy
 from fusion.calibration import (
     CalibratorSet,
     apply_calibrators,
-    detection_ece,
     fit_calibrator_set,
     fit_member_calibrator,
 )
@@ -19,7 +18,7 @@ from fusion.calibration.plots import reliability_diagram
 from fusion.classes import ClassMap
 from fusion.cli import main
 from fusion.coco.annotations import load_annotations
-from fusion.interop import from_coco_records
+from fusion.coco.predictions import Predictions
 from fusion.synthetic import make_coco_ground_truth, simulate_miscalibrated_member
 
 
@@ -62,6 +61,8 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
         str(root / "val.json"),
         "--runs",
         str(root / "runs"),
+        "--method",
+        "isotonic",
     ]
     assert (
         main(
@@ -84,10 +85,12 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     data_map = ClassMap.from_coco_categories(gt["categories"])
     table = data_map.translation_to(coco80)
     truth = {i: g.replace(labels=table[g.labels]) for i, g in load_annotations(gt).detections().items()}
+    # Scores exactly as the files hold them (float64), one Detections per image of the annotation file.
+    coco = load_annotations(root / "val.json")
     members = {
         n: {
-            i: d.replace(labels=table[d.labels])
-            for i, d in from_coco_records(r, data_map, None, truth).items()
+            int(i): d.replace(labels=table[d.labels])
+            for i, d in zip(coco.image_ids.tolist(), Predictions.from_records(r).split_by_image(coco))
         }
         for n, r in records.items()
     }
@@ -103,19 +106,21 @@ def test_calibrate_writes_the_set_and_prints_the_snippet(files, capsys):
     assert loaded.fused_fit["policy"]["type"] == "wbf" and loaded.fused_fit["policy"]["iou_thr"] == 0.55
     assert f"fused_calibrator: {path}" in out
     report = json.loads((root / "runs" / "calibrate" / "trio" / "report.json").read_text())
-    before = detection_ece(members["b"], truth).value
-    assert report["members"]["b"]["D-ECE before"] == pytest.approx(before, abs=1e-6)
-    assert report["members"]["b"]["D-ECE after"] < 0.5 * before
-    fused_before = detection_ece(
-        dict(zip(ids, fuse_batch([[m[i] for m in members.values()] for i in ids], "wbf"))), truth
-    )
-    assert report["fused"]["D-ECE before"] == pytest.approx(fused_before.value, abs=1e-6)
-    assert report["fused"]["D-ECE after"] < 0.5 * report["fused"]["D-ECE before"]
+    assert report["protocol"]["kind"] == "k-fold" and report["protocol"]["final_fit_images"] == 60
+    assert [f["held_out"] for f in report["protocol"]["folds"]] == [12] * 5
+    held = report["held_out"]
+    assert held["chosen"] == "isotonic" and list(held["candidates"]) == ["isotonic"]
+    # Held-out numbers: calibrated member b's D-ECE on images it was not fitted on is far below its raw one.
+    b = held["candidates"]["isotonic"]["members D-ECE"]["b"]["mean"]
+    assert b < 0.6 * held["uncalibrated"]["members D-ECE"]["b"]["mean"]
+    fused = held["candidates"]["isotonic"]["fused D-ECE"]["mean"]
+    assert fused < 0.6 * held["uncalibrated"]["fused D-ECE"]["mean"]
 
     # Default inputs: the scoring cache; a second run gets its own folder (trio2), never overwriting.
-    assert main([*argv, "--method", "temperature", "--per-class"]) == 0
+    assert main([*argv[:-2], "--method", "temperature", "--per-class", "--shrinkage", "50"]) == 0
     second = CalibratorSet.load(root / "runs" / "calibrate" / "trio2" / "calibrators.json")
     assert second["a"].method == "temperature" and second.protocol["per_class"] is True
+    assert second.protocol["shrinkage"] == 50
     assert second.fused is not None and second.fused.method == "temperature"
     assert main([*argv, "--no-fused"]) == 0
     assert CalibratorSet.load(root / "runs" / "calibrate" / "trio3" / "calibrators.json").fused is None
@@ -137,7 +142,14 @@ def test_calibrate_errors_name_the_problem(files, tmp_path, capsys):
     bad.write_text(json.dumps([{"image_id": 999, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 0.5}]))
     assert main([*base, "--predictions", f"a={bad}", "--runs", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "bad.json: 1 image id(s) are not in the annotations" in err and "(first: [999])" in err
+    assert "bad.json" in err and "image id(s) are not in the annotations" in err and "[999]" in err
+    # Protocol options that do not go together are named.
+    assert main([*base, "--val", str(root / "val.json"), "--runs", str(tmp_path)]) == 2
+    assert "--val and --test go together" in capsys.readouterr().err
+    assert (
+        main([*base, "--folds", "1", "--predictions", f"a={root / 'a.json'}", "--runs", str(tmp_path)]) == 2
+    )
+    assert "k-fold needs k >= 2 folds" in capsys.readouterr().err
 
 
 def test_reliability_diagram_png(tmp_path):
@@ -152,4 +164,66 @@ def test_reliability_diagram_png(tmp_path):
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
-    assert (width, height) == (500, 500)
+    assert (width, height) == (500, 720)
+
+
+def test_holdout_and_val_test_protocols(files, tmp_path, capsys):
+    root, gt, _ = files
+    # Two annotation files from one dataset: the first 40 images to fit on, the last 20 to measure on.
+    val = {**gt, "images": gt["images"][:40]}
+    test = {**gt, "images": gt["images"][40:]}
+    keep = {i["id"] for i in val["images"]}
+    val["annotations"] = [a for a in gt["annotations"] if a["image_id"] in keep]
+    test["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in keep]
+    (tmp_path / "v.json").write_text(json.dumps(val))
+    (tmp_path / "t.json").write_text(json.dumps(test))
+    preds = [
+        "--predictions",
+        f"a={root / 'a.json'}",
+        "--predictions",
+        f"b={root / 'runs/score/trio/cache/b.jsonl'}",
+    ]
+    base = [
+        "calibrate",
+        "--config",
+        str(root / "ens.yaml"),
+        *preds,
+        "--runs",
+        str(tmp_path),
+        "--method",
+        "beta",
+    ]
+    assert (
+        main([*base, "--val", str(tmp_path / "v.json"), "--test", str(tmp_path / "t.json"), "--name", "vt"])
+        == 0
+    )
+    assert "fit on --val" in capsys.readouterr().out
+    report = json.loads((tmp_path / "calibrate" / "vt" / "report.json").read_text())
+    assert report["protocol"]["kind"] == "val/test" and report["protocol"]["folds"] == [
+        {"fit": 40, "held_out": 20}
+    ]
+    # The final fit uses the --val images only: the same calibrators as a k-fold run on the val file alone.
+    # (the val file holds only its images, so predictions on the others must be left out of that run)
+    from fusion.coco.predictions import load_predictions
+
+    gt_all = load_annotations(root / "val.json")
+    for name, path in (("a", root / "a.json"), ("b", root / "runs/score/trio/cache/b.jsonl")):
+        p = load_predictions(path, gt_all)
+        p.select(np.isin(p.image_ids, list(keep))).save(tmp_path / f"{name}_val.json")
+    only_val = [
+        "--predictions",
+        f"a={tmp_path / 'a_val.json'}",
+        "--predictions",
+        f"b={tmp_path / 'b_val.json'}",
+    ]
+    plain = ["calibrate", "--config", str(root / "ens.yaml"), *only_val, "--runs", str(tmp_path)]
+    assert main([*plain, "--method", "beta", "--annotations", str(tmp_path / "v.json"), "--name", "kf"]) == 0
+    fitted = [json.loads((tmp_path / "calibrate" / n / "calibrators.json").read_text()) for n in ("vt", "kf")]
+    assert fitted[0] == fitted[1] and fitted[0]["fused"]["method"] == "beta"
+
+    assert main([*base, "--annotations", str(root / "val.json"), "--holdout", "0.25", "--name", "ho"]) == 0
+    report = json.loads((tmp_path / "calibrate" / "ho" / "report.json").read_text())
+    assert (
+        report["protocol"]["folds"] == [{"fit": 45, "held_out": 15}] and report["final_fit"]["images"] == 60
+    )
+    assert len(report["held_out"]["candidates"]["beta"]["fused AP"]["folds"]) == 1

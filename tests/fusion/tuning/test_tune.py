@@ -66,10 +66,11 @@ def test_tune_reproducible_and_not_worse_than_default(tmp_path, monkeypatch) -> 
     )
     out = tmp_path / "runs" / "tune" / "t"
     rows = list(csv.DictReader((out / "trials.csv").open()))
-    assert len(rows) == 5 and rows[0]["iou_thr"] == "0.55"
+    assert len(rows) == 5 and rows[0]["iou_thr"] == "0.55"  # the final search on all images
     config = yaml.safe_load((out / "best.yaml").read_text())
     from fusion.config import load_ensemble_config
 
     loaded = load_ensemble_config(config)
     best_row = max(rows, key=lambda r: float(r["AP"]))
     assert loaded.fusion.type == best_row["type"] and [m.name for m in loaded.members] == ["m0", "m1"]
+    assert loaded.fusion.iou_thr == float(best_row["iou_thr"])
