@@ -94,7 +94,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--retrain: reproduce the shipped members from scratch (CPU hours; resumable).",
     )
     parser.add_argument(
-        "--simulated", action="store_true", help="simulated members on generated boxes (no images, no networks)"
+        "--simulated",
+        action="store_true",
+        help="simulated members on generated boxes (no images, no networks)",
     )
     parser.add_argument(
         "--retrain",

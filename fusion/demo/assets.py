@@ -31,8 +31,8 @@ __all__ = [
     "DEMO_CONFIG",
     "MANIFEST",
     "MAX_TOTAL_BYTES",
-    "AssetMissingError",
     "AssetMismatchError",
+    "AssetMissingError",
     "demo_config",
     "half_safetensors",
     "read_manifest",
@@ -95,7 +95,11 @@ def demo_config(
         if not isinstance(member, Mapping):
             members.append(member)
             continue
-        named += [v[len(ASSET_PREFIX) :] for v in member.values() if isinstance(v, str) and v.startswith(ASSET_PREFIX)]
+        named += [
+            v[len(ASSET_PREFIX) :]
+            for v in member.values()
+            if isinstance(v, str) and v.startswith(ASSET_PREFIX)
+        ]
         members.append({key: _resolve(value, assets_dir) for key, value in member.items()})
     data["members"] = members
     for key in ("classes", "fused_calibrator"):
@@ -122,7 +126,9 @@ def read_manifest(assets_dir: str | Path = ASSETS_DIR) -> dict[str, Any]:
     return manifest
 
 
-def verify_assets(assets_dir: str | Path = ASSETS_DIR, named: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def verify_assets(
+    assets_dir: str | Path = ASSETS_DIR, named: list[str] | tuple[str, ...] = ()
+) -> dict[str, Any]:
     """Check every file of the manifest (present, size, SHA-256) and that every ``named`` file is listed.
 
     Returns:
@@ -168,7 +174,7 @@ def half_safetensors(path: str | Path) -> Path:
     with safe_open(str(path), framework="pt") as handle:
         metadata = handle.metadata() or {}
         state = {}
-        for key in handle.keys():
+        for key in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
             tensor = handle.get_tensor(key)
             if tensor.is_floating_point():
                 limit = 65504.0

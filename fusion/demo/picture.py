@@ -17,7 +17,9 @@ from fusion.detections import Detections
 __all__ = ["write_picture"]
 
 
-def _draw(ax, image: np.ndarray, det: Detections, score_thr: float, colours: Sequence[tuple[int, int, int]]) -> int:
+def _draw(
+    ax, image: np.ndarray, det: Detections, score_thr: float, colours: Sequence[tuple[int, int, int]]
+) -> int:
     """Show ``image`` with the boxes of ``det`` scoring at least ``score_thr``; returns how many were drawn."""
     from matplotlib.patches import Rectangle
 
@@ -72,7 +74,9 @@ def write_picture(
     columns = {"ground truth": truth, **entries}
     for title, dets in columns.items():
         if len(dets) != len(images):
-            raise ValueError(f"write_picture: {title!r} has {len(dets)} images' detections for {len(images)} images")
+            raise ValueError(
+                f"write_picture: {title!r} has {len(dets)} images' detections for {len(images)} images"
+            )
     rows, cols = len(images), len(columns)
     fig, axes = plt.subplots(rows, cols, figsize=(1.9 * cols, 1.9 * rows + 0.6), squeeze=False)
     for r, image in enumerate(images):

@@ -56,7 +56,9 @@ def _run_members(ensemble: Any, gt: Any, images_dir: Path, batch_size: int) -> d
     return {name: Predictions.concat(chunks) for name, chunks in parts.items()}
 
 
-def _picture(out: Path, gt: Any, images_dir: Path, members: Mapping[str, Any], fused: Any, count: int) -> Path:
+def _picture(
+    out: Path, gt: Any, images_dir: Path, members: Mapping[str, Any], fused: Any, count: int
+) -> Path:
     import numpy as np
     from PIL import Image
 
@@ -174,6 +176,10 @@ def _print_next(out: Path, annotations: Path, picture: Path) -> None:
     print("next, on the same member outputs (no networks run again):")
     print(f"  fusion fuse {files} --annotations {q(str(annotations))} --policy soft_nms")
     print(f"  fusion tune {files} --annotations {q(str(annotations))}")
-    print(f"  fusion score --config {q(str(out / 'ensemble.yaml'))} --annotations {q(str(annotations))} "
-          f"--images {q(str(Path(annotations).parent / 'images'))}")
-    print("  fusion distill --config configs/distill/demo-detr-student.yaml   (a student from the fused ensemble)")
+    print(
+        f"  fusion score --config {q(str(out / 'ensemble.yaml'))} --annotations {q(str(annotations))} "
+        f"--images {q(str(Path(annotations).parent / 'images'))}"
+    )
+    print(
+        "  fusion distill --config configs/distill/demo-detr-student.yaml   (a student from the fused ensemble)"
+    )

@@ -39,7 +39,11 @@ def write_tiny_members(assets: Path) -> dict[str, Any]:
     class_map = ClassMap(names)
     torch.manual_seed(0)
     ssd = TorchvisionConfig(
-        name="ssdlite", model="ssdlite320_mobilenet_v3_large", weights=None, score_thr=0.05, detections_per_img=20
+        name="ssdlite",
+        model="ssdlite320_mobilenet_v3_large",
+        weights=None,
+        score_thr=0.05,
+        detections_per_img=20,
     )
     fields = TorchvisionTrainable(ssd, class_map, "cpu").export(assets, "ssdlite")
     members: list[dict[str, Any]] = [

@@ -69,7 +69,9 @@ def test_demo_runs_real_members_fuses_scores_and_draws(tiny, demo_run) -> None:
     assert metrics["num_detections"]["fused"] == len(fused)
     # Every member detection lies inside its 128-px image and is of a shape class (dataset ids 1..8).
     for preds in members.values():
-        assert preds.boxes[:, 0].min() >= -1e-3 and (preds.boxes[:, 0] + preds.boxes[:, 2]).max() <= 128 + 1e-3
+        assert (
+            preds.boxes[:, 0].min() >= -1e-3 and (preds.boxes[:, 0] + preds.boxes[:, 2]).max() <= 128 + 1e-3
+        )
         assert set(preds.category_ids.tolist()) <= set(range(1, 9))
     # The picture: one row per drawn image, one column for the ground truth, each member and the fused output.
     with Image.open(out / "picture.png") as picture:
@@ -105,7 +107,9 @@ def test_demo_members_are_the_real_adapters_outputs(tiny, demo_run) -> None:
     assert classes == list(gt.class_map.names)
     file = out / "data" / "test" / "images" / gt.dataset["images"][0]["file_name"]
     with Image.open(file) as opened:
-        direct = ensemble.members[[m.name for m in ensemble.members].index("detr")].predict(ensemble.load([opened]))
+        direct = ensemble.members[[m.name for m in ensemble.members].index("detr")].predict(
+            ensemble.load([opened])
+        )
     kept = direct[0]
     torch.testing.assert_close(saved[0].boxes.float(), kept.boxes.float(), atol=6e-3, rtol=0)
     torch.testing.assert_close(saved[0].scores.float(), kept.scores.float(), atol=6e-5, rtol=0)
@@ -136,7 +140,10 @@ def small(tmp_path: Path) -> tuple[Path, list[str]]:
     save_file({"w": torch.arange(6.0).reshape(2, 3)}, str(assets / "net.safetensors"))
     (assets / "net.yaml").write_text("arch: {d_model: 8}\n")
     write_manifest(assets, {"image_size": 128})
-    config = {"name": "t", "members": [{"name": "net", "type": "detr", "checkpoint": ASSET_PREFIX + "net.safetensors"}]}
+    config = {
+        "name": "t",
+        "members": [{"name": "net", "type": "detr", "checkpoint": ASSET_PREFIX + "net.safetensors"}],
+    }
     return assets, demo_config(assets, config)[1]
 
 

@@ -41,7 +41,9 @@ def test_shipped_members_load_strictly_and_give_the_recorded_ap(tmp_path: Path) 
     with contextlib.redirect_stdout(io.StringIO()):
         out = run_real_demo(recorded["images"], recorded["seed"], project=tmp_path, device="cpu", plots=False)
     metrics = json.loads((out / "metrics.json").read_text())
-    got = {name: entry["AP"] for name, entry in metrics["members"].items()} | {"fused": metrics["fused"]["AP"]}
+    got = {name: entry["AP"] for name, entry in metrics["members"].items()} | {
+        "fused": metrics["fused"]["AP"]
+    }
     assert set(got) == set(recorded["AP"])
     for name, ap in recorded["AP"].items():
         assert got[name] == pytest.approx(ap, abs=0.01), name
