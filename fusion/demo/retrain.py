@@ -56,6 +56,11 @@ RENDER: dict[str, Any] = {
     "image_size": 128,
     "splits": {"train": 4000, "val": 500, "test": 500, "unlabeled": 4000},
 }
+# --smoke: the whole chain on a few images and one epoch each, to check the wiring in minutes (not for shipping).
+SMOKE: dict[str, Any] = {
+    "splits": {"train": 32, "val": 16, "test": 16, "unlabeled": 16},
+    "overrides": ["train.epochs=1"],
+}
 RECORD: dict[str, int] = {"seed": 2026, "images": 100}  # the fixed render the shipped AP is recorded on
 TRAINED = ("yolo11n", "yolov8n", "ssdlite", "detr")  # the teacher ensemble's members, in fusion order
 DISTILLED = ("detr-student", "yolo-student")
@@ -166,7 +171,9 @@ def _member_files(run: Path) -> list[Path]:
     return [member_yaml, *dict.fromkeys(files)]
 
 
-def _train(work: Path, name: str, device: str | None, fingerprint: str) -> list[Path]:
+def _train(
+    work: Path, name: str, device: str | None, fingerprint: str, extra_overrides: Sequence[str] = ()
+) -> list[Path]:
     run = _run_folder(work, "train", f"demo-{name}", fingerprint)
     if run is not None:
         _job(["train", "--resume", str(run)], f"train-{name}")
@@ -174,33 +181,40 @@ def _train(work: Path, name: str, device: str | None, fingerprint: str) -> list[
         config = CONFIGS_DIR / "train" / f"demo-{name}.yaml"
         extra = ["--device", device] if device else []
         _job(["train", "--config", str(config), "--project", str(work), "--name", f"demo-{name}", *extra,
-              *_data_overrides(work)], f"train-{name}")  # fmt: skip
+              *_data_overrides(work), *extra_overrides], f"train-{name}")  # fmt: skip
     return _member_files(work / "train" / f"demo-{name}")
 
 
 def _teacher_config(work: Path) -> Path:
-    """``<work>/teacher.yaml``: the ensemble of the four trained members, fused as the demo fuses them."""
+    """``<work>/teacher.yaml``: the ensemble of the four trained members, fused as the demo fuses them.
+
+    Each member is its run's model config (``conf``, ``imgsz``, ``score_thr`` ...) with the exported files of
+    ``weights/best.member.yaml`` over it.
+    """
     import yaml
 
     from fusion.io import atomic_write_yaml
 
-    members = [
-        yaml.safe_load((work / "train" / f"demo-{name}" / "weights" / "best.member.yaml").read_text())
-        | {"name": name}
-        for name in TRAINED
-    ]
-    demo = yaml.safe_load(DEMO_CONFIG.read_text())
+    members = []
+    for name in TRAINED:
+        run = work / "train" / f"demo-{name}"
+        model = yaml.safe_load((run / "config.yaml").read_text())["model"]
+        exported = yaml.safe_load((run / "weights" / "best.member.yaml").read_text())
+        members.append({**model, **exported, "name": name})
+    fusion = yaml.safe_load(DEMO_CONFIG.read_text())["fusion"]
     config = {
         "name": "demo-teacher",
         "classes": "shapes",
         "device": "auto",
         "members": members,
-        "fusion": demo["fusion"],
+        "fusion": fusion,
     }
     return atomic_write_yaml(work / "teacher.yaml", config)
 
 
-def _distill(work: Path, name: str, device: str | None, fingerprint: str) -> list[Path]:
+def _distill(
+    work: Path, name: str, device: str | None, fingerprint: str, extra_overrides: Sequence[str] = ()
+) -> list[Path]:
     """``fusion distill`` (h-distillcmd) on configs/distill/demo-<name>.yaml, taught by ``<work>/teacher.yaml``.
 
     Assumes the command's shape of ``fusion train``: ``--config``, ``--project``, ``--name``, ``--device``,
@@ -224,12 +238,21 @@ def _distill(work: Path, name: str, device: str | None, fingerprint: str) -> lis
             f"unlabeled={work / 'data' / 'unlabeled' / 'images'}",
         ]
         _job(["distill", "--config", str(config), "--project", str(work), "--name", f"demo-{name}", *extra,
-              *overrides, *_data_overrides(work)], f"distill-{name}")  # fmt: skip
+              *overrides, *_data_overrides(work), *extra_overrides], f"distill-{name}")  # fmt: skip
     return _member_files(work / "distill" / f"demo-{name}")
 
 
-def _package(work: Path, assets: Path, sources: dict[str, Path]) -> list[Path]:
-    """Copy each member's files to ``assets/<member><suffixes>`` (fp16), check the demo config's names, manifest."""
+def _package(assets: Path, sources: dict[str, Path], config: Path = DEMO_CONFIG) -> list[Path]:
+    """Copy each member's files to ``assets/<member><suffixes>`` (fp16), check the demo config's names, manifest.
+
+    Args:
+        assets: The assets folder (its files are replaced).
+        sources: ``{member name: run folder}`` (each with ``weights/best.member.yaml``).
+        config: The demo config whose ``fusion/assets/models/`` files must all be produced.
+
+    Returns:
+        The packaged files (not the manifest).
+    """
     assets.mkdir(parents=True, exist_ok=True)
     for old in assets.iterdir():
         if old.is_file():
@@ -241,11 +264,11 @@ def _package(work: Path, assets: Path, sources: dict[str, Path]) -> list[Path]:
             shutil.copyfile(file, target)
             if target.suffix == ".safetensors":
                 half_safetensors(target)
-    _, named = demo_config(assets)
+    _, named = demo_config(assets, config)
     missing = [n for n in named if not (assets / n).is_file()]
     if missing:
         raise StepFailedError(
-            f"package: configs/ensembles/demo.yaml names {missing}, which no export produced"
+            f"package: {config} names {missing}, which no export produced"
         )
     write_manifest(assets, produced_by="python -m fusion.demo.retrain")
     return sorted(p for p in assets.iterdir() if p.is_file() and p.name != MANIFEST)
@@ -290,6 +313,7 @@ def retrain(
     device: str | None = None,
     assets_dir: str | Path | None = None,
     dry_run: bool = False,
+    smoke: bool = False,
 ) -> dict[str, float]:
     """Run (or resume) every step; returns ``{step: wall seconds}`` of this call (skipped steps: their recorded time).
 
@@ -299,33 +323,45 @@ def retrain(
     from fusion.synthetic import render_dataset
 
     work, assets = Path(work).resolve(), Path(assets_dir or ASSETS_DIR).resolve()
+    if smoke and assets == ASSETS_DIR.resolve():
+        raise ValueError("--smoke writes toy members: give --assets DIR (never the shipped folder)")
     steps = _Steps(work, dry_run)
+    render_spec = {**RENDER, "splits": SMOKE["splits"]} if smoke else RENDER
+    extra: list[str] = list(SMOKE["overrides"]) if smoke else []
 
     def render(_: str) -> list[Path]:
-        render_dataset(work / "data", seed=RENDER["seed"], splits=RENDER["splits"], image_size=RENDER["image_size"],
-                       progress=True)  # fmt: skip
+        render_dataset(work / "data", seed=render_spec["seed"], splits=render_spec["splits"],
+                       image_size=render_spec["image_size"], progress=True)  # fmt: skip
         return [work / "data" / "manifest.json"]
 
-    data = steps.run("render", {"render": RENDER}, render)
+    data = steps.run("render", {"render": render_spec}, render)
     made: dict[str, str] = {}
     for name in (*TRAINED, *BASELINES):
         config = CONFIGS_DIR / "train" / f"demo-{name}.yaml"
-        material = {"config": config.read_text(), "data": data, "device": device}
-        made[name] = steps.run(f"train-{name}", material, lambda fp, n=name: _train(work, n, device, fp))
+        material = {"config": config.read_text(), "data": data, "device": device, "extra": extra}
+        made[name] = steps.run(
+            f"train-{name}", material, lambda fp, n=name: _train(work, n, device, fp, extra)
+        )
     teacher = _digest({name: made[name] for name in TRAINED})
     for name in DISTILLED:
         config = CONFIGS_DIR / "distill" / f"demo-{name}.yaml"
-        material = {"config": config.read_text(), "data": data, "teacher": teacher, "device": device}
+        material = {
+            "config": config.read_text(),
+            "data": data,
+            "teacher": teacher,
+            "device": device,
+            "extra": extra,
+        }
 
         def distill(fp: str, n: str = name) -> list[Path]:
             _teacher_config(work)
-            return _distill(work, n, device, fp)
+            return _distill(work, n, device, fp, extra)
 
         made[name] = steps.run(f"distill-{name}", material, distill)
     sources = {n: work / "train" / f"demo-{n}" for n in TRAINED}
     sources |= {n: work / "distill" / f"demo-{n}" for n in DISTILLED}
     shipped = {n: made[n] for n in sources} | {"demo.yaml": DEMO_CONFIG.read_text()}
-    packaged = steps.run("package", shipped, lambda _: _package(work, assets, sources))
+    packaged = steps.run("package", shipped, lambda _: _package(assets, sources))
     wall = {step: round(seconds, 1) for step, seconds, _ in steps.table}
     steps.run("record", {"package": packaged, "record": RECORD}, lambda _: _record(work, assets, wall))
     print("\nstep                        wall time   status")
@@ -348,9 +384,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: each config's)")
     parser.add_argument("--assets", default=None, help="where the shipped files go (default: the package's)")
     parser.add_argument("--dry-run", action="store_true", help="list the steps still to do, run nothing")
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="a few images and one epoch per job, into --assets DIR: checks the wiring",
+    )
     args = parser.parse_args(argv)
     try:
-        retrain(args.work, args.device, args.assets, args.dry_run)
+        retrain(args.work, args.device, args.assets, args.dry_run, args.smoke)
     except (StepFailedError, ValueError, OSError) as exc:
         print(f"fusion demo --retrain: error: {exc}", file=sys.stderr)
         return 1
