@@ -11,7 +11,7 @@ Steps, in order (each one's wall time is printed and kept in ``<work>/steps/<ste
    h-fastdetr's DETR work), plus ``detr-student-nokd``: the DETR student's architecture on the ground truth alone,
    the baseline the distilled student is compared with (not shipped).
 3. ``distill-<student>``: ``fusion distill --config configs/distill/demo-<student>.yaml`` (the command of the
-   distillation-jobs issue, h-distillcmd) for detr-student and yolo-student, taught by the fused ensemble of the
+   distillation-jobs issue, h-distillcmd) for detr-student and yolo11n-student, taught by the fused ensemble of the
    four trained members (``<work>/teacher.yaml``, written from their ``best.member.yaml``) on the labelled and
    unlabelled images. Kept in :func:`_distill`, the one place that knows how that command is called.
 4. ``package``: the exports copied into the assets folder under the names ``configs/ensembles/demo.yaml`` uses,
@@ -63,7 +63,7 @@ SMOKE: dict[str, Any] = {
 }
 RECORD: dict[str, int] = {"seed": 2026, "images": 100}  # the fixed render the shipped AP is recorded on
 TRAINED = ("yolo11n", "yolov8n", "ssdlite", "detr")  # the teacher ensemble's members, in fusion order
-DISTILLED = ("detr-student", "yolo-student")
+DISTILLED = ("detr-student", "yolo11n-student")
 BASELINES = ("detr-student-nokd",)
 
 

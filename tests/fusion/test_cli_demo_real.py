@@ -240,5 +240,5 @@ def test_ultralytics_members_need_the_safe_weights_field() -> None:
 
     data, named = demo_config(ASSETS_DIR)
     config = load_ensemble_config(data)  # the shipped demo config validates with every adapter
-    assert {m.name for m in config.members} >= {"yolo11n", "yolov8n", "yolo-student"}
+    assert {m.name for m in config.members} >= {"yolo11n", "yolov8n", "yolo11n-student"}
     assert all(name.endswith((".safetensors", ".yaml")) for name in named)
