@@ -267,9 +267,7 @@ def _package(assets: Path, sources: dict[str, Path], config: Path = DEMO_CONFIG)
     _, named = demo_config(assets, config)
     missing = [n for n in named if not (assets / n).is_file()]
     if missing:
-        raise StepFailedError(
-            f"package: {config} names {missing}, which no export produced"
-        )
+        raise StepFailedError(f"package: {config} names {missing}, which no export produced")
     write_manifest(assets, produced_by="python -m fusion.demo.retrain")
     return sorted(p for p in assets.iterdir() if p.is_file() and p.name != MANIFEST)
 

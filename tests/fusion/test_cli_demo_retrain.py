@@ -69,7 +69,10 @@ def test_package_copies_exports_under_the_configs_names_in_fp16(tmp_path: Path) 
         "tv": _run(
             tmp_path / "tv",
             {"type": "torchvision", "weights": "best.safetensors", "classes": "best.classes.yaml"},
-            {"best.safetensors": {"w": w, "n": torch.tensor([7])}, "best.classes.yaml": b"names: {1: circle}\n"},
+            {
+                "best.safetensors": {"w": w, "n": torch.tensor([7])},
+                "best.classes.yaml": b"names: {1: circle}\n",
+            },
         ),
         "detr": _run(
             tmp_path / "detr",
@@ -91,7 +94,8 @@ def test_package_copies_exports_under_the_configs_names_in_fp16(tmp_path: Path) 
     state = load_file(str(assets / "tv.safetensors"))
     assert state["w"].dtype == torch.float16 and state["n"].tolist() == [7]
     torch.testing.assert_close(state["w"].float(), w, atol=1e-3, rtol=0)
-    assert (assets / "detr.yaml").read_text() == "arch: {d_model: 8}\n"  # the DETR architecture file travels along
+    # the DETR architecture file travels along with its weights
+    assert (assets / "detr.yaml").read_text() == "arch: {d_model: 8}\n"
     assert set(verify_assets(assets, ["tv.safetensors", "detr.safetensors"])["files"]) == names
     assert (assets / MANIFEST).is_file()
     members.append({"name": "x", "type": "detr", "checkpoint": ASSET_PREFIX + "x.safetensors"})
