@@ -79,7 +79,7 @@ def _picture(
 
 
 def run_real_demo(
-    images: int = 64,
+    images: int = 100,
     seed: int = 0,
     *,
     name: str = "demo",

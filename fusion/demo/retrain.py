@@ -272,7 +272,7 @@ def _package(assets: Path, sources: dict[str, Path], config: Path = DEMO_CONFIG)
     return sorted(p for p in assets.iterdir() if p.is_file() and p.name != MANIFEST)
 
 
-def _record(work: Path, assets: Path, wall: dict[str, float]) -> list[Path]:
+def _record(work: Path, assets: Path, wall: dict[str, float], render: dict[str, Any] = RENDER) -> list[Path]:
     """Run the demo on the fixed record render and write each AP into the manifest (with the no-KD baseline's)."""
     import yaml
 
@@ -298,7 +298,7 @@ def _record(work: Path, assets: Path, wall: dict[str, float]) -> list[Path]:
                        name=name, root=work, resume=False, plots=False, verbose=False)  # fmt: skip
         baselines[name] = result["members"][next(iter(result["members"]))]["AP"]
     recorded = {**RECORD, "image_size": RENDER["image_size"], "policy": metrics["policy"], "AP": aps,
-                "baselines_AP": baselines, "train_render": RENDER, "wall_s": wall}  # fmt: skip
+                "baselines_AP": baselines, "train_render": render, "wall_s": wall}  # fmt: skip
     files = read_manifest(assets)["files"]
     path = write_manifest(assets, recorded, produced_by="python -m fusion.demo.retrain")
     if read_manifest(assets)["files"] != files:
@@ -361,7 +361,9 @@ def retrain(
     shipped = {n: made[n] for n in sources} | {"demo.yaml": DEMO_CONFIG.read_text()}
     packaged = steps.run("package", shipped, lambda _: _package(assets, sources))
     wall = {step: round(seconds, 1) for step, seconds, _ in steps.table}
-    steps.run("record", {"package": packaged, "record": RECORD}, lambda _: _record(work, assets, wall))
+    steps.run(
+        "record", {"package": packaged, "record": RECORD}, lambda _: _record(work, assets, wall, render_spec)
+    )
     print("\nstep                        wall time   status")
     for step, seconds, status in steps.table:
         print(f"{step:<27} {seconds / 60:8.1f} min  {status}")

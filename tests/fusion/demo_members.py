@@ -74,7 +74,7 @@ def write_tiny_members(assets: Path) -> dict[str, Any]:
         exported = save_safetensors_model(model, names, assets, "yolo11n")
         members.append(
             {"name": "yolo11n", "type": "ultralytics", "model": ASSET_PREFIX + exported["model"],
-             "weights": ASSET_PREFIX + exported["weights"], "conf": 0.05, "imgsz": 128}
+             "weights": ASSET_PREFIX + exported["weights"], "conf": 0.001, "imgsz": 128}
         )  # fmt: skip
     for weights in assets.glob("*.safetensors"):  # packaged as the retrain script packages them
         half_safetensors(weights)
