@@ -10,6 +10,7 @@ rerun on them with another policy. ``fusion demo --retrain`` reproduces the ship
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,15 @@ def run(args: argparse.Namespace) -> int:
     if args.simulated and args.retrain:
         raise ValueError("--simulated and --retrain exclude each other")
     if args.retrain:
-        from fusion.demo.retrain import retrain
+        from fusion.demo.retrain import StepFailedError, retrain
 
-        retrain(args.work, device=args.device, assets_dir=args.assets)
+        try:
+            retrain(args.work, device=args.device, assets_dir=args.assets)
+        except (
+            StepFailedError
+        ) as exc:  # the job printed its own output; one line says which step and how to resume
+            print(f"fusion demo --retrain: error: {exc}", file=sys.stderr)
+            return 1
         return 0
     policy, params = parse_policy(args.policy)
     if args.simulated:

@@ -242,3 +242,10 @@ def test_ultralytics_members_need_the_safe_weights_field() -> None:
     config = load_ensemble_config(data)  # the shipped demo config validates with every adapter
     assert {m.name for m in config.members} >= {"yolo11n", "yolov8n", "yolo11n-student"}
     assert all(name.endswith((".safetensors", ".yaml")) for name in named)
+
+
+def test_simulated_and_retrain_exclude_each_other(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--simulated", "--retrain", "--work", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "fusion demo: error: --simulated and --retrain exclude each other"
+    assert not (tmp_path / "w").exists()
