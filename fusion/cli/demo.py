@@ -1,17 +1,24 @@
-"""``fusion demo``: generate a COCO dataset and three simulated members, fuse them, score members and fused output.
+"""``fusion demo``: the shipped, trained members on a freshly rendered test split (:mod:`fusion.demo.real`).
 
-Needs no weights, images or downloads: the data come from :mod:`fusion.synthetic` and are written next to the
-scoring outputs, so ``fusion fuse`` can be rerun on them with another policy.
+``fusion demo --simulated`` (:func:`run_demo`) is the fusion-only demo: it generates a COCO dataset and three
+simulated members, fuses them and scores members and fused output. It needs no weights, images or downloads: the
+data come from :mod:`fusion.synthetic` and are written next to the scoring outputs, so ``fusion fuse`` can be
+rerun on them with another policy. ``fusion demo --retrain`` reproduces the shipped members
+(:mod:`fusion.demo.retrain`).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 __all__ = ["add_parser", "run", "run_demo"]
+
+SIMULATED_IMAGES = 200  # generated boxes only: cheap
+REAL_IMAGES = 100  # six networks on 128-px images: well under two minutes on 2 CPU cores
 
 
 def run_demo(
@@ -81,13 +88,30 @@ def run_demo(
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="generate a COCO dataset and three simulated detectors, fuse them and score everything",
-        description="Generate a COCO-format dataset and three simulated detectors that err in different ways "
-        "(sharp: over-confident; careful: under-confident, misses more; noisy: loose boxes, wrong labels), fuse "
-        "them and score every member and the fused output. Writes the data under <project>/demo/<name>/data/ "
-        "and the metrics, report and plots next to it. No weights or downloads are needed.",
+        help="run the shipped trained detectors on rendered test images, fuse them and score everything",
+        description="Render a fresh test split of shapes (--seed), run the shipped members (YOLO11n, YOLOv8n, "
+        "SSDlite, a DETR teacher, a DETR and a YOLO student distilled from the ensemble) through the ensemble, fuse "
+        "them (WBF) and score every member and the fused output; writes the report, plots and picture.png under "
+        "<project>/demo/<name>/. --simulated: three simulated detectors that err in different ways instead (sharp: "
+        "over-confident; careful: under-confident, misses more; noisy: loose boxes, wrong labels), no networks. "
+        "--retrain: reproduce the shipped members from scratch (CPU hours; resumable).",
     )
-    parser.add_argument("--images", type=int, default=200, help="number of generated images (default 200)")
+    parser.add_argument(
+        "--simulated",
+        action="store_true",
+        help="simulated members on generated boxes (no images, no networks)",
+    )
+    parser.add_argument(
+        "--retrain",
+        action="store_true",
+        help="reproduce every shipped member file (render, train, distill, package; resumable; CPU hours)",
+    )
+    parser.add_argument(
+        "--images",
+        type=int,
+        default=None,
+        help=f"number of test images (default {REAL_IMAGES}; --simulated: {SIMULATED_IMAGES})",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed of data and members (default 0)")
     parser.add_argument("--name", default="demo", help="run name (outputs in <project>/demo/<name>)")
     parser.add_argument("--project", default="runs", help="root folder of run outputs (default runs)")
@@ -103,15 +127,52 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="COCO evaluation backend: auto (fastest installed), hotcoco, faster-coco-eval, pycocotools",
     )
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
+    parser.add_argument(
+        "--assets", default=None, help="folder of the member files and MANIFEST.json (default: the package's)"
+    )
+    parser.add_argument(
+        "--work",
+        default="runs/demo-retrain",
+        help="--retrain: working folder of the data and training runs (default runs/demo-retrain)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from fusion.cli.fuse import parse_policy
 
+    if args.simulated and args.retrain:
+        raise ValueError("--simulated and --retrain exclude each other")
+    if args.retrain:
+        from fusion.demo.retrain import StepFailedError, retrain
+
+        try:
+            retrain(args.work, device=args.device, assets_dir=args.assets)
+        except (
+            StepFailedError
+        ) as exc:  # the job printed its own output; one line says which step and how to resume
+            print(f"fusion demo --retrain: error: {exc}", file=sys.stderr)
+            return 1
+        return 0
     policy, params = parse_policy(args.policy)
-    run_demo(
-        args.images,
+    if args.simulated:
+        run_demo(
+            SIMULATED_IMAGES if args.images is None else args.images,
+            args.seed,
+            name=args.name,
+            project=args.project,
+            policy=policy,
+            params=params,
+            backend=args.backend,
+            plots=not args.no_plots,
+        )
+        return 0
+    from fusion.demo.assets import ASSETS_DIR
+    from fusion.demo.real import run_real_demo
+
+    run_real_demo(
+        REAL_IMAGES if args.images is None else args.images,
         args.seed,
         name=args.name,
         project=args.project,
@@ -119,5 +180,7 @@ def run(args: argparse.Namespace) -> int:
         params=params,
         backend=args.backend,
         plots=not args.no_plots,
+        assets_dir=args.assets or ASSETS_DIR,
+        device=args.device,
     )
     return 0

@@ -1,4 +1,4 @@
-"""``fusion demo``: generated data + simulated members -> the same numbers as ``fusion fuse`` on those files."""
+"""``fusion demo --simulated``: generated data + simulated members -> the same numbers as ``fusion fuse`` on those files."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ ARGS = ["--images", "40", "--seed", "3", "--no-plots"]
 def _demo(argv: list[str]) -> tuple[int, str]:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        status = main(["demo", *argv])
+        status = main(["demo", "--simulated", *argv])
     return status, out.getvalue()
 
 
@@ -107,7 +107,7 @@ def test_policy_option_and_other_seed(tmp_path: Path) -> None:
 def test_user_errors_are_one_line_and_write_nothing(
     tmp_path: Path, bad: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["demo", "--project", str(tmp_path), *bad]) == 2
+    assert main(["demo", "--simulated", "--project", str(tmp_path), *bad]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("fusion demo: error:") and "\n" not in err
     assert not (tmp_path / "demo").exists()
