@@ -139,6 +139,26 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
+def _nothing_shipped(assets: str | None) -> bool:
+    """True when this build ships no trained members at all (no manifest in the package's assets folder).
+
+    The README's first command must work on a fresh clone: until the members are trained and committed, the
+    simulated demo runs instead, and a notice says so. A manifest that is there but whose files are missing or
+    changed is an error (``fusion demo`` refuses damaged members), and so is a missing ``--assets`` folder.
+    """
+    from fusion.demo.assets import ASSETS_DIR, MANIFEST
+
+    if assets is not None or (Path(ASSETS_DIR) / MANIFEST).exists():
+        return False
+    print(
+        f"fusion demo: this build ships no trained members yet ({Path(ASSETS_DIR) / MANIFEST} is absent), so the "
+        "simulated-member demo runs instead; `fusion demo --retrain` trains and packages the real members "
+        "(CPU hours, resumable)",
+        file=sys.stderr,
+    )
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     from fusion.cli.fuse import parse_policy
 
@@ -156,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
             return 1
         return 0
     policy, params = parse_policy(args.policy)
-    if args.simulated:
+    simulated = args.simulated or _nothing_shipped(args.assets)
+    if simulated:
         run_demo(
             SIMULATED_IMAGES if args.images is None else args.images,
             args.seed,

@@ -11,6 +11,7 @@ import pytest
 
 from fusion.cli import main
 from fusion.coco.evaluate import STAT_KEYS
+from fusion.demo.assets import ASSETS_DIR, MANIFEST
 
 MEMBERS = ("sharp", "careful", "noisy")
 ARGS = ["--images", "40", "--seed", "3", "--no-plots"]
@@ -111,3 +112,15 @@ def test_user_errors_are_one_line_and_write_nothing(
     err = capsys.readouterr().err.strip()
     assert err.startswith("fusion demo: error:") and "\n" not in err
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.skipif(
+    (ASSETS_DIR / MANIFEST).exists(), reason="this build ships trained members: the real demo runs instead"
+)
+def test_without_shipped_members_the_first_command_runs_the_simulated_demo(tmp_path: Path, capsys) -> None:
+    code = main(["demo", "--images", "12", "--no-plots", "--project", str(tmp_path), "--name", "first"])
+    assert code == 0
+    assert "ships no trained members yet" in capsys.readouterr().err
+    metrics = json.loads((tmp_path / "demo" / "first" / "metrics.json").read_text())
+    # the simulated members, as `fusion demo --simulated` names them
+    assert {"sharp", "careful", "noisy"} <= set(metrics["members"])
