@@ -17,13 +17,22 @@ from fusion.training.trainable import ExternalTrainJob, Trainable
 __all__ = ["fit_external", "write_member"]
 
 
-def write_member(base: Path, path: Path, name: str, fields: dict[str, Any]) -> None:
-    """Write the member config YAML ``path``: ``name`` plus the plugin's ``fields``.
+# Member-config keys that describe how a model was BUILT for training, never how the trained one loads.
+_TRAINING_ONLY = frozenset({"arch", "loss", "checkpoint", "weights", "model", "trust_pickle", "calibrator"})
+
+
+def write_member(
+    base: Path, path: Path, name: str, fields: dict[str, Any], settings: dict[str, Any] | None = None
+) -> None:
+    """Write the member config YAML ``path``: ``name``, the inference ``settings`` the training config gave its
+    model (``conf``, ``imgsz``, ``top_k``, ...: what the user set, less the keys in ``_TRAINING_ONLY``), then the
+    plugin's ``fields`` (what to load), which win.
 
     The plugin names its files relative to ``base``; the YAML names them as seen from the working directory, so
     ``fusion score`` / ``predict`` load the member from where ``fusion train`` ran.
     """
     member: dict[str, Any] = {"name": name}
+    member.update({k: v for k, v in (settings or {}).items() if k not in _TRAINING_ONLY and k != "name"})
     for key, value in fields.items():
         is_file = isinstance(value, str) and value and (base / value).is_file()
         member[key] = str(base / value) if is_file else value
@@ -66,5 +75,6 @@ def fit_external(
     result = trainable.fit(job)
     atomic_write_text(out / "fit_result.json", json.dumps(result, indent=2, default=str) + "\n")
     if isinstance(result.get("member"), dict):
-        write_member(out, out / "weights" / "best.member.yaml", cfg.model.name, result["member"])
+        settings = cfg.model.model_dump(mode="json", exclude_unset=True)
+        write_member(out, out / "weights" / "best.member.yaml", cfg.model.name, result["member"], settings)
     return {"out": str(out), **result}

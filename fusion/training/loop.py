@@ -339,7 +339,8 @@ def _export(run: _Run, stem: str) -> None:
     folder = run.out / "weights"
     folder.mkdir(parents=True, exist_ok=True)
     fields = run.trainable.export(folder, stem)
-    write_member(folder, folder / f"{stem}.member.yaml", run.cfg.model.name, fields)
+    settings = run.cfg.model.model_dump(mode="json", exclude_unset=True)
+    write_member(folder, folder / f"{stem}.member.yaml", run.cfg.model.name, fields, settings)
 
 
 def _log(run: _Run, record: dict[str, Any]) -> None:
