@@ -168,8 +168,7 @@ def _open_first_clusters(
     state[offsets] = first
     fused[offsets] = neg_by_rank[:n_groups]
     slot_by_rank[:n_groups] = offsets
-    n_clusters = torch.zeros_like(offsets)
-    n_clusters += 1
+    n_clusters = torch.ones_like(offsets)
     return state, fused, slot_by_rank, n_clusters
 
 
