@@ -100,31 +100,14 @@ def greedy_clusters(
     # is exact, so the float32 rounding below is the same as on (x1, y1, x2, y2)
     flip = torch.tensor([1.0, 1.0, -1.0, -1.0], dtype=boxes.dtype, device=device)
     neg = boxes * flip
-    # per slot, added one box at a time: Σ sw·box (kept float32-valued), Σ sw, Σ weight, and only when some sw is
-    # 0, Σ box and the box count (for a plain mean); one gather and one scatter per step
-    plain_mean = bool((sw == 0).any())
-    parts = [neg * sw[:, None], sw[:, None], weight[:, None]]
-    if plain_mean:
-        parts += [neg, torch.ones_like(sw)[:, None]]
-    rows = torch.cat(parts, dim=1)
-    state = torch.zeros_like(rows)
-    fused = torch.full((n, 4), _FAR, dtype=boxes.dtype, device=device)  # slots, (x1, y1, -x2, -y2)
+    rows, plain_mean = _accumulator_rows(neg, sw, weight)
     offsets = layout.offsets
-    n_clusters = torch.zeros_like(offsets)
     cols = torch.arange(len(layout.active), device=device)
     starts, rank_major = _rank_major(layout)
     by_rank = torch.empty_like(rank_major)
     by_rank[rank_major] = torch.arange(n, device=device)
     neg_by_rank, rows_by_rank = neg[by_rank], rows[by_rank]
-    slot_by_rank = torch.empty(n, dtype=torch.int64, device=device)
-    # rank 0: nothing to join yet, every group's first box opens the group's first cluster
-    n_groups = offsets.shape[0]
-    first = rows_by_rank[:n_groups].clone()
-    first[:, :4] = first[:, :4].float()
-    state[offsets] = first
-    fused[offsets] = neg_by_rank[:n_groups]
-    slot_by_rank[:n_groups] = offsets
-    n_clusters += 1
+    state, fused, slot_by_rank, n_clusters = _open_first_clusters(neg_by_rank, rows_by_rank, offsets)
     on_cpu = device.type == "cpu"
     for r, (g, start) in enumerate(zip(layout.active[1:], starts[1:]), start=1):
         off = offsets[:g]
@@ -133,14 +116,7 @@ def greedy_clusters(
         # would wait for the device every step, up to r); the rest of a row are empty slots
         width = int(n_clusters[:g].max()) if on_cpu else r
         cand = fused[off[:, None] + cols[:width]]  # [g, width, 4]
-        # not fusion.boxes.box_iou: ensemble-boxes' join IoU to the bit, on the float32-valued (x1, y1, -x2, -y2) slots
-        m = torch.maximum(cand, box[:, None, :])
-        side = (m[..., :2] + m[..., 2:]).clamp_(max=0)  # -(intersection width, height)
-        inter = side[..., 0] * side[..., 1]
-        area_c = (cand[..., 0] + cand[..., 2]) * (cand[..., 1] + cand[..., 3])
-        area_b = (box[:, 0] + box[:, 2]) * (box[:, 1] + box[:, 3])
-        iou = inter / (area_c + area_b[:, None] - inter)
-        best, arg = iou.max(dim=1)
+        best, arg = _join_iou(cand, box).max(dim=1)
         join = best > iou_thr
         count = n_clusters[:g]
         target = torch.where(join, arg, count)
@@ -148,17 +124,80 @@ def greedy_clusters(
         # every active group adds one box to one of its own slots: the slots ``s`` are distinct
         s = off + target
         slot_by_rank[start : start + g] = s
-        total = state[s] + rows_by_rank[start : start + g]
-        total[:, :4] = total[:, :4].float()
-        state[s] = total
-        conf = total[:, 4:5]
-        mean = (total[:, :4] / conf).float().double()
-        if plain_mean:
-            mean = torch.where(conf > 0, mean, total[:, 6:10] / total[:, 10:])
+        mean = _add_to_slots(state, s, rows_by_rank[start : start + g], plain_mean)
         fused[s] = torch.where(join[:, None], mean, box)
     slot = slot_by_rank[rank_major]
     count = torch.bincount(slot, minlength=n).to(boxes.dtype)
     return slot, fused * flip, torch.cat([count[:, None], state[:, 4:6]], dim=1)
+
+
+def _accumulator_rows(neg: Tensor, sw: Tensor, weight: Tensor) -> tuple[Tensor, bool]:
+    """What each box adds to its cluster's slot: float64 ``[N, 6]`` ``(sw·box, sw, weight)``, or ``[N, 11]`` with
+    ``(box, 1)`` appended when some ``sw`` is 0 (then a cluster of zero-``sw`` boxes gets the plain mean).
+
+    Returns:
+        The rows and whether the plain-mean columns are there.
+    """
+    # per slot, added one box at a time: Σ sw·box (kept float32-valued), Σ sw, Σ weight, and only when some sw is
+    # 0, Σ box and the box count (for a plain mean); one gather and one scatter per step
+    plain_mean = bool((sw == 0).any())
+    parts = [neg * sw[:, None], sw[:, None], weight[:, None]]
+    if plain_mean:
+        parts += [neg, torch.ones_like(sw)[:, None]]
+    return torch.cat(parts, dim=1), plain_mean
+
+
+def _open_first_clusters(
+    neg_by_rank: Tensor, rows_by_rank: Tensor, offsets: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Rank 0 of the greedy pass: nothing to join yet, every group's first box opens the group's first cluster.
+
+    Returns:
+        ``state`` (the slots' sums, shaped like ``rows_by_rank``), ``fused`` float64 ``[N, 4]`` (the slots' fused
+        ``(x1, y1, -x2, -y2)``, empty slots far away), ``slot_by_rank`` int64 ``[N]`` (filled for rank 0) and
+        ``n_clusters`` int64 ``[G]`` (all 1).
+    """
+    n = neg_by_rank.shape[0]
+    device = neg_by_rank.device
+    state = torch.zeros_like(rows_by_rank)
+    fused = torch.full((n, 4), _FAR, dtype=neg_by_rank.dtype, device=device)
+    slot_by_rank = torch.empty(n, dtype=torch.int64, device=device)
+    n_groups = offsets.shape[0]
+    first = rows_by_rank[:n_groups].clone()
+    first[:, :4] = first[:, :4].float()
+    state[offsets] = first
+    fused[offsets] = neg_by_rank[:n_groups]
+    slot_by_rank[:n_groups] = offsets
+    n_clusters = torch.ones_like(offsets)
+    return state, fused, slot_by_rank, n_clusters
+
+
+def _join_iou(cand: Tensor, box: Tensor) -> Tensor:
+    """IoU ``[g, width]`` of each box ``[g, 4]`` with its group's candidate clusters ``[g, width, 4]``.
+
+    Both in ``(x1, y1, -x2, -y2)``. Not fusion.boxes.box_iou: this is ensemble-boxes' join IoU to the bit, on the
+    float32-valued slots.
+    """
+    m = torch.maximum(cand, box[:, None, :])
+    side = (m[..., :2] + m[..., 2:]).clamp_(max=0)  # -(intersection width, height)
+    inter = side[..., 0] * side[..., 1]
+    area_c = (cand[..., 0] + cand[..., 2]) * (cand[..., 1] + cand[..., 3])
+    area_b = (box[:, 0] + box[:, 2]) * (box[:, 1] + box[:, 3])
+    return inter / (area_c + area_b[:, None] - inter)
+
+
+def _add_to_slots(state: Tensor, s: Tensor, rows: Tensor, plain_mean: bool) -> Tensor:
+    """Add ``rows`` ``[g, D]`` to the distinct slots ``s`` ``[g]`` of ``state`` (in place) and return the slots'
+    new fused boxes float64 ``[g, 4]``: ``Σ sw·box`` kept float32-valued, divided by ``Σ sw``, stored as float32,
+    as ensemble-boxes' ``get_weighted_box`` computes it (the plain mean where ``Σ sw`` is 0)."""
+    total = state[s] + rows
+    total[:, :4] = total[:, :4].float()
+    state[s] = total
+    conf = total[:, 4:5]
+    mean = (total[:, :4] / conf).float().double()
+    if plain_mean:
+        mean = torch.where(conf > 0, mean, total[:, 6:10] / total[:, 10:])
+    return mean
 
 
 def _rank_major(layout: Layout) -> tuple[list[int], Tensor]:

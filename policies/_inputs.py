@@ -121,23 +121,70 @@ def flatten(
             negative, per-class table too narrow for a label), all-zero weights, members on different devices or
             with different image sizes, non-finite or inverted boxes, non-finite or negative scores.
     """
-    n_images = len(per_image)
-    if n_images == 0:
-        table = _weights_table(weights, len(weights) if weights is not None else 0, torch.device("cpu"))
-        empty = torch.zeros(0, dtype=torch.float64)
-        return Batch(
-            empty.reshape(0, 4),
-            empty,
-            empty.long(),
-            empty.long(),
-            empty.long(),
-            empty,
-            table,
-            0,
-            0,
-            [],
-            empty.device,
-        )
+    if len(per_image) == 0:
+        return _empty_batch(weights)
+    n_members, device, image_sizes = _check_members(per_image)
+    table = _weights_table(weights, n_members, device)
+    if float(table.sum()) <= 0:
+        raise ValueError(f"weights must not all be zero, got {weights}")
+
+    flat = [det for members in per_image for det in members]
+    counts = torch.tensor([len(det) for det in flat], device=device)
+    boxes = torch.cat([det.boxes for det in flat]).to(torch.float64)
+    scores = torch.cat([det.scores for det in flat]).to(torch.float64)
+    labels = torch.cat([det.labels for det in flat])
+    slot = torch.repeat_interleave(torch.arange(len(flat), device=device), counts)
+    image = slot // n_members
+    member = slot % n_members
+    per_class = weights is not None and len(weights) > 0 and isinstance(weights[0], list)
+    _check_values(boxes, scores, labels, image, member, table if per_class else None)
+    weight = table[member, labels] if per_class else table[member, 0]
+    wide = any(det.boxes.dtype == torch.float64 for det in flat)
+    return Batch(
+        boxes,
+        scores,
+        labels,
+        image,
+        member,
+        weight,
+        table,
+        len(per_image),
+        n_members,
+        image_sizes,
+        device,
+        per_class,
+        torch.float64 if wide else torch.float32,
+    )
+
+
+def _empty_batch(weights: list[float] | list[list[float]] | None) -> Batch:
+    """The batch of no images (on the CPU); the weights are still checked."""
+    table = _weights_table(weights, len(weights) if weights is not None else 0, torch.device("cpu"))
+    empty = torch.zeros(0, dtype=torch.float64)
+    return Batch(
+        empty.reshape(0, 4),
+        empty,
+        empty.long(),
+        empty.long(),
+        empty.long(),
+        empty,
+        table,
+        0,
+        0,
+        [],
+        empty.device,
+    )
+
+
+def _check_members(
+    per_image: Sequence[Sequence[Detections]],
+) -> tuple[int, torch.device, list[tuple[int, int] | None]]:
+    """Check that every image has the same members, all :class:`Detections` on one device, and that the members
+    of an image agree on its size.
+
+    Returns:
+        The number of members, their device, and each image's ``image_size`` (the first one a member gives).
+    """
     n_members = len(per_image[0])
     if n_members == 0:
         raise ValueError("per_image[0] has no members: give one Detections per member (possibly empty)")
@@ -165,37 +212,7 @@ def flatten(
                 size = det.image_size
         image_sizes.append(size)
     assert device is not None
-    table = _weights_table(weights, n_members, device)
-    if float(table.sum()) <= 0:
-        raise ValueError(f"weights must not all be zero, got {weights}")
-
-    flat = [det for members in per_image for det in members]
-    counts = torch.tensor([len(det) for det in flat], device=device)
-    boxes = torch.cat([det.boxes for det in flat]).to(torch.float64)
-    scores = torch.cat([det.scores for det in flat]).to(torch.float64)
-    labels = torch.cat([det.labels for det in flat])
-    slot = torch.repeat_interleave(torch.arange(len(flat), device=device), counts)
-    image = slot // n_members
-    member = slot % n_members
-    per_class = weights is not None and len(weights) > 0 and isinstance(weights[0], list)
-    _check_values(boxes, scores, labels, image, member, table if per_class else None)
-    weight = table[member, labels] if per_class else table[member, 0]
-    wide = any(det.boxes.dtype == torch.float64 for det in flat)
-    return Batch(
-        boxes,
-        scores,
-        labels,
-        image,
-        member,
-        weight,
-        table,
-        n_images,
-        n_members,
-        image_sizes,
-        device,
-        per_class,
-        torch.float64 if wide else torch.float32,
-    )
+    return n_members, device, image_sizes
 
 
 def _check_values(

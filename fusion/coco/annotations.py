@@ -150,15 +150,8 @@ def _int_ids(values: list[Any], where: str, key: str, source: str) -> np.ndarray
     return np.asarray(values, dtype=np.int64).reshape(-1)
 
 
-def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
-    """Read and validate a COCO annotation file (or an already-parsed dict).
-
-    Checks, each failing with a ``ValueError`` that names the list, index and id: required keys (``images``:
-    id/width/height; ``annotations``: id/image_id/category_id/bbox; ``categories``: id/name), integer ids,
-    duplicate image/annotation/category ids, annotation id 0 (pycocotools never counts it as matched), annotations
-    of unknown images or categories, malformed or negative ``bbox``. ``area`` defaults to ``w * h`` and ``iscrowd``
-    to 0 when absent (pycocotools would raise ``KeyError`` on a missing ``area``).
-    """
+def _read_dataset(source: str | Path | Mapping[str, Any]) -> tuple[dict[str, Any], str]:
+    """The annotation dict and its name for messages; checks the top-level keys and the three lists."""
     if isinstance(source, Mapping):
         data, where = dict(source), "<annotations>"
     else:
@@ -172,16 +165,19 @@ def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
         raise ValueError(
             f"{where}: missing top-level key(s) {absent} (a COCO annotation file needs {list(_REQUIRED_TOP)})"
         )
-    images, anns, cats = data["images"], data["annotations"], data["categories"]
-    for key, value in (("images", images), ("annotations", anns), ("categories", cats)):
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: '{key}' must be a list, got {type(value).__name__}")
-    if not cats:
+    for key in _REQUIRED_TOP:
+        if not isinstance(data[key], list):
+            raise ValueError(f"{where}: '{key}' must be a list, got {type(data[key]).__name__}")
+    if not data["categories"]:
         raise ValueError(f"{where}: 'categories' is empty")
-    _missing(images, _REQUIRED_IMAGE, "images", where)
-    _missing(cats, ("id", "name"), "categories", where)
-    _missing(anns, _REQUIRED_ANN, "annotations", where)
+    _missing(data["images"], _REQUIRED_IMAGE, "images", where)
+    _missing(data["categories"], ("id", "name"), "categories", where)
+    _missing(data["annotations"], _REQUIRED_ANN, "annotations", where)
+    return data, where
 
+
+def _check_images(images: list[Mapping[str, Any]], where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Image ids (int64 ``[I]``) and ``(height, width)`` (float64 ``[I, 2]``): unique ids, positive sizes."""
     image_ids = _int_ids([im["id"] for im in images], "images", "id", where)
     _duplicates(image_ids, "images", where)
     sizes = np.asarray([[im["height"], im["width"]] for im in images], dtype=np.float64).reshape(-1, 2)
@@ -191,13 +187,24 @@ def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
         raise ValueError(
             f"{where}: images[{i}] (id {int(image_ids[i])}) has non-positive height/width {sizes[i].tolist()}"
         )
+    return image_ids, sizes
+
+
+def _check_categories(cats: list[Mapping[str, Any]], where: str) -> tuple[np.ndarray, ClassMap]:
+    """Category ids (int64 ``[C]``, unique) and the categories as a :class:`ClassMap`."""
     cat_ids = _int_ids([c["id"] for c in cats], "categories", "id", where)
     _duplicates(cat_ids, "categories", where)
     try:
         class_map = ClassMap.from_coco_categories(cats)
     except ValueError as exc:
         raise ValueError(f"{where}: categories: {exc}") from None
+    return cat_ids, class_map
 
+
+def _check_annotations(
+    anns: list[Mapping[str, Any]], image_ids: np.ndarray, cat_ids: np.ndarray, where: str
+) -> None:
+    """Annotation ids (integer, unique, not 0), known image/category ids and a finite ``bbox`` with w, h >= 0."""
     ann_ids = _int_ids([a["id"] for a in anns], "annotations", "id", where)
     zero = np.flatnonzero(ann_ids == 0)
     if len(zero):
@@ -221,7 +228,11 @@ def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
         raise ValueError(
             f"{where}: annotations[{i}] (id {int(ann_ids[i])}) has image_id {int(ann_images[i])}, which is not in 'images'"
         )
-    boxes = [a["bbox"] for a in anns]
+    _check_boxes([a["bbox"] for a in anns], ann_ids, where)
+
+
+def _check_boxes(boxes: list[Any], ann_ids: np.ndarray, where: str) -> None:
+    """Every ``bbox`` is 4 finite numbers ``[x, y, w, h]`` with ``w, h >= 0``."""
     for index, box in enumerate(boxes):
         if not isinstance(box, list | tuple) or len(box) != 4:
             raise ValueError(
@@ -234,7 +245,13 @@ def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
         raise ValueError(
             f"{where}: annotations[{i}] (id {int(ann_ids[i])}).bbox {boxes[i]} is not finite or has a negative w/h"
         )
-    # Fill the optional fields in copies, so the caller's dict is never modified.
+
+
+def _with_defaults(anns: list[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """``anns`` with ``area`` (``w * h``) and ``iscrowd`` (0) filled in where absent.
+
+    Fills copies, so the caller's dicts are never modified; complete records are passed through as they are.
+    """
     fixed = []
     for ann in anns:
         if "area" in ann and "iscrowd" in ann:
@@ -244,9 +261,25 @@ def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
             ann.setdefault("area", float(ann["bbox"][2]) * float(ann["bbox"][3]))
             ann.setdefault("iscrowd", 0)
             fixed.append(ann)
-    dataset = {**data, "annotations": fixed}
+    return fixed
+
+
+def load_annotations(source: str | Path | Mapping[str, Any]) -> CocoGroundTruth:
+    """Read and validate a COCO annotation file (or an already-parsed dict).
+
+    Checks, each failing with a ``ValueError`` that names the list, index and id: required keys (``images``:
+    id/width/height; ``annotations``: id/image_id/category_id/bbox; ``categories``: id/name), integer ids,
+    duplicate image/annotation/category ids, annotation id 0 (pycocotools never counts it as matched), annotations
+    of unknown images or categories, malformed or negative ``bbox``. ``area`` defaults to ``w * h`` and ``iscrowd``
+    to 0 when absent (pycocotools would raise ``KeyError`` on a missing ``area``).
+    """
+    data, where = _read_dataset(source)
+    images = data["images"]
+    image_ids, sizes = _check_images(images, where)
+    cat_ids, class_map = _check_categories(data["categories"], where)
+    _check_annotations(data["annotations"], image_ids, cat_ids, where)
     return CocoGroundTruth(
-        dataset=dataset,
+        dataset={**data, "annotations": _with_defaults(data["annotations"])},
         class_map=class_map,
         image_ids=image_ids,
         sizes=sizes.astype(np.int64),

@@ -19,6 +19,7 @@ from torch import Tensor
 from fusion.boxes import box_convert
 from fusion.classes import ClassMap
 from fusion.coco.annotations import CocoGroundTruth, read_json
+from fusion.coco.records import json_rows, record_columns
 from fusion.coco.rounding import round_decimals
 from fusion.detections import Detections
 from fusion.io import atomic_write_bytes, paused_gc
@@ -93,36 +94,7 @@ class Predictions:
             )
         if not records:
             return cls.empty()
-        try:
-            image_ids = [r["image_id"] for r in records]
-            category_ids = [r["category_id"] for r in records]
-            boxes = [r["bbox"] for r in records]
-            scores = [r["score"] for r in records]
-        except (KeyError, TypeError):
-            for index, record in enumerate(records):
-                if not isinstance(record, dict):
-                    raise ValueError(f"{source}: record [{index}] is not an object: {record!r}") from None
-                for key in ("image_id", "category_id", "bbox", "score"):
-                    if key not in record:
-                        raise ValueError(f"{source}: record [{index}] lacks {key!r}: {record}") from None
-            raise
-        try:
-            box_array = np.asarray(boxes, dtype=np.float64)
-        except (ValueError, TypeError):
-            box_array = np.zeros((0,))
-        if box_array.shape != (len(records), 4):
-            for index, box in enumerate(boxes):
-                if not isinstance(box, list) or len(box) != 4:
-                    raise ValueError(
-                        f"{source}: record [{index}] has bbox {box!r}; expected [x, y, w, h]"
-                    ) from None
-            raise ValueError(f"{source}: bbox values must be numbers")
-        preds = cls(
-            _int_column(image_ids, "image_id", source),
-            _int_column(category_ids, "category_id", source),
-            box_array,
-            np.asarray(scores, dtype=np.float64),
-        )
+        preds = cls(*record_columns(records, source))
         bad = ~np.isfinite(preds.boxes).all(axis=1) | ~np.isfinite(preds.scores)
         bad |= (preds.boxes[:, 2] < 0) | (preds.boxes[:, 3] < 0)
         if bad.any():
@@ -301,39 +273,8 @@ class Predictions:
         return b"".join(row + b"\n" for row in self._json_rows())
 
     def _json_rows(self) -> list[bytes]:
-        """One compact JSON object per detection, as :meth:`records` would serialise.
-
-        orjson writes each column in C (shortest round-trip floats); only the final interleaving is per row, which
-        makes saving a COCO-scale fused set (over a million rows) several times faster than dumping dicts.
-        """
-        if not len(self):
-            return []
-
-        def column(values: np.ndarray) -> list[bytes]:
-            return orjson.dumps(np.ascontiguousarray(values), option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(
-                b","
-            )
-
-        boxes = orjson.dumps(np.ascontiguousarray(self.boxes), option=orjson.OPT_SERIALIZE_NUMPY)
-        template = b'{"image_id":%b,"category_id":%b,"bbox":[%b],"score":%b}'
-        return [
-            template % row
-            for row in zip(
-                column(self.image_ids),
-                column(self.category_ids),
-                boxes[2:-2].split(b"],["),
-                column(self.scores),
-            )
-        ]
-
-
-def _int_column(values: list[Any], key: str, source: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.dtype.kind not in "iu":
-        for index, value in enumerate(values):
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{source}: record [{index}] has {key} {value!r}; expected an integer")
-    return array.astype(np.int64)
+        """One compact JSON object per detection, as :meth:`records` would serialise (see :func:`json_rows`)."""
+        return json_rows(self.image_ids, self.category_ids, self.boxes, self.scores)
 
 
 def read_jsonl(path: str | Path) -> list[Any]:

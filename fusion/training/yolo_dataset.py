@@ -13,7 +13,8 @@ Images are named by COCO image id so that nested or clashing ``file_name`` paths
 
 What is not turned into a label is counted in :class:`SplitSummary`, never dropped silently: crowd annotations
 (YOLO has no ignore regions), pseudo-labels under the score threshold, boxes left with no area after clipping to
-the image, and exact duplicate lines (ultralytics would remove those with a warning).
+the image, and exact duplicate lines (ultralytics would remove those with a warning). The label lines are made
+in :mod:`fusion.training.yolo_labels`.
 
 The folder is built in a temporary sibling and renamed into place, so a reader sees the old folder or the whole
 new one; the same inputs give the same bytes.
@@ -29,22 +30,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import orjson
-import torch
 import yaml
 
 from fusion.classes import ClassMap
 from fusion.coco.annotations import CocoGroundTruth, load_annotations
-from fusion.coco.predictions import Predictions, load_predictions
+from fusion.coco.predictions import Predictions
 from fusion.io import atomic_write_json, atomic_write_text
+from fusion.training.yolo_labels import label_rows, label_texts, load_pseudo_labels
 
 __all__ = [
     "IMAGE_SUFFIXES",
     "SplitSummary",
     "YoloDataset",
     "YoloSplit",
-    "coco_boxes_to_yolo",
     "write_yolo_dataset",
 ]
 
@@ -136,47 +135,10 @@ class YoloDataset:
     reused: bool
 
 
-def coco_boxes_to_yolo(boxes: np.ndarray, sizes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """COCO pixel boxes -> YOLO normalised boxes, clipped to their images.
-
-    Args:
-        boxes: float ``[N, 4]`` COCO ``(x, y, w, h)`` in pixels.
-        sizes: ``[N, 2]`` ``(height, width)`` of each box's image.
-
-    Returns:
-        float64 ``[N, 4]`` ``(cx, cy, w, h)`` divided by the image width/height; bool ``[N]`` True where the box
-        reached outside its image (and was clipped); bool ``[N]`` True where the clipped box has no area.
-    """
-    from torchvision.ops import box_convert
-
-    xyxy = box_convert(torch.as_tensor(boxes, dtype=torch.float64).reshape(-1, 4), "xywh", "xyxy")
-    hw = torch.as_tensor(sizes, dtype=torch.float64).reshape(-1, 2)
-    upper = hw.flip(1).repeat(1, 2)  # (w, h, w, h)
-    clipped = torch.minimum(xyxy.clamp(min=0), upper)
-    outside = (clipped != xyxy).any(dim=1)
-    no_area = (clipped[:, 2] <= clipped[:, 0]) | (clipped[:, 3] <= clipped[:, 1])
-    yolo = box_convert(clipped, "xyxy", "cxcywh") / upper
-    return yolo.numpy(), outside.numpy(), no_area.numpy()
-
-
 def _digest(data: Any) -> str:
     return hashlib.sha256(
         orjson.dumps(data, option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
     ).hexdigest()
-
-
-def _load_pseudo(split: YoloSplit, gt: CocoGroundTruth, name: str) -> Predictions:
-    source = split.pseudo_labels
-    if source is None:
-        return Predictions.empty()
-    if isinstance(source, Predictions):
-        source.check_against(gt, source=f"split {name!r} pseudo_labels")
-        return source
-    if isinstance(source, str | Path):
-        return load_predictions(source, gt)
-    preds = Predictions.from_records(list(source), source=f"split {name!r} pseudo_labels")
-    preds.check_against(gt, source=f"split {name!r} pseudo_labels")
-    return preds
 
 
 def _check_images(gt: CocoGroundTruth, images: Path, name: str) -> list[Path]:
@@ -209,79 +171,6 @@ def _check_images(gt: CocoGroundTruth, images: Path, name: str) -> list[Path]:
     return files
 
 
-def _split_rows(
-    split: YoloSplit, gt: CocoGroundTruth, pseudo: Predictions, target: ClassMap, name: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, dict[str, int]]:
-    """Rows to write: image position ``[N]``, class ``[N]``, xywh pixels ``[N, 4]``, is-pseudo ``[N]``."""
-    counts = {"crowd_skipped": 0, "below_threshold": 0}
-    table = gt.class_map.translation_to(target, strict=False).numpy()
-    parts = []
-    if split.ground_truth and gt.dataset["annotations"]:
-        anns = gt.dataset["annotations"]
-        crowd = np.asarray([bool(a["iscrowd"]) for a in anns])
-        counts["crowd_skipped"] = int(crowd.sum())
-        ids = np.asarray([a["image_id"] for a in anns], dtype=np.int64)
-        cats = np.asarray([a["category_id"] for a in anns], dtype=np.int64)
-        boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
-        keep = ~crowd
-        parts.append((ids[keep], cats[keep], boxes[keep], np.zeros(int(keep.sum()), dtype=bool)))
-    if len(pseudo):
-        keep = pseudo.scores >= split.score_threshold
-        counts["below_threshold"] = int((~keep).sum())
-        # Highest score first, ties in file order: one fixed order whatever the caller's record order was.
-        order = np.flatnonzero(keep)[np.argsort(-pseudo.scores[keep], kind="stable")]
-        parts.append(
-            (
-                pseudo.image_ids[order],
-                pseudo.category_ids[order],
-                pseudo.boxes[order],
-                np.ones(len(order), bool),
-            )
-        )
-    if not parts:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, 4)), np.zeros(0, bool), counts
-    ids, cats, boxes, is_pseudo = (np.concatenate(column) for column in zip(*parts))
-    labels = gt.class_map.labels_from_ids(torch.from_numpy(cats)).numpy()
-    classes = table[labels]
-    if (classes < 0).any():
-        index = int(np.flatnonzero(classes < 0)[0])
-        missing = gt.class_map.names[int(labels[index])]
-        kind = "pseudo-label" if is_pseudo[index] else "annotation"
-        raise ValueError(
-            f"split {name!r}: an {kind} of image {int(ids[index])} has category {missing!r} "
-            f"(id {int(cats[index])}), which the job's classes {list(target.names)} lack"
-        )
-    return gt.positions(ids), classes, boxes, is_pseudo, counts
-
-
-def _label_texts(
-    positions: np.ndarray, classes: np.ndarray, boxes: np.ndarray, is_pseudo: np.ndarray, gt: CocoGroundTruth
-) -> tuple[list[str], dict[str, int]]:
-    """One label file's text per image of ``gt`` (``""`` for none) and the counts of what was changed."""
-    yolo, outside, no_area = coco_boxes_to_yolo(boxes, gt.sizes[positions])
-    keep = ~no_area
-    lines = [
-        f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}"
-        for c, (x, y, w, h) in zip(classes[keep].tolist(), yolo[keep].tolist())
-    ]
-    per_image: list[dict[str, bool]] = [{} for _ in range(len(gt))]
-    pseudo_lines = [{} for _ in range(len(gt))]
-    for position, line, pseudo in zip(positions[keep].tolist(), lines, is_pseudo[keep].tolist()):
-        if line not in per_image[position]:
-            per_image[position][line] = True
-            pseudo_lines[position][line] = pseudo
-    written = sum(len(lines_of) for lines_of in per_image)
-    counts = {
-        "boxes": written,
-        "pseudo_boxes": sum(sum(p.values()) for p in pseudo_lines),
-        "clipped": int((outside & keep).sum()),
-        "no_area": int(no_area.sum()),
-        "duplicates": len(lines) - written,
-        "empty_images": sum(not lines_of for lines_of in per_image),
-    }
-    return ["".join(f"{line}\n" for line in lines_of) for lines_of in per_image], counts
-
-
 def _place(source: Path, target: Path, link: LinkMode) -> None:
     if link == "symlink":
         target.symlink_to(source)
@@ -304,9 +193,11 @@ def _write_split(
     files: list[Path],
     link: LinkMode,
 ) -> SplitSummary:
-    pseudo = _load_pseudo(split, gt, name)
-    positions, classes, boxes, is_pseudo, counts = _split_rows(split, gt, pseudo, target, name)
-    texts, more = _label_texts(positions, classes, boxes, is_pseudo, gt)
+    pseudo = load_pseudo_labels(split.pseudo_labels, gt, name)
+    positions, classes, boxes, is_pseudo, counts = label_rows(
+        gt, pseudo, target, name, ground_truth=split.ground_truth, score_threshold=split.score_threshold
+    )
+    texts, more = label_texts(positions, classes, boxes, is_pseudo, gt)
     image_dir, label_dir = tmp / "images" / name, tmp / "labels" / name
     image_dir.mkdir(parents=True)
     label_dir.mkdir(parents=True)

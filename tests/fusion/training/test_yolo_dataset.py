@@ -15,7 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
-from fusion.training.yolo_dataset import YoloSplit, coco_boxes_to_yolo, write_yolo_dataset
+from fusion.training.yolo_dataset import YoloSplit, write_yolo_dataset
+from fusion.training.yolo_labels import coco_boxes_to_yolo
 
 NAMES = ["dog", "cat"]  # the job's order; the COCO file lists cat (id 7) before dog (id 3)
 
