@@ -38,6 +38,7 @@ __all__ = [
     "load_ensemble_config",
     "load_yaml",
     "parse_yaml",
+    "read_config_source",
     "shorten",
 ]
 
@@ -211,6 +212,28 @@ def _format_errors(error: ValidationError, tags: set[str], source: str) -> str:
     return f"{source}: invalid ensemble config:\n  " + "\n  ".join(lines)
 
 
+def read_config_source(
+    source: str | Path | Mapping[str, Any], kind: str, overrides: Sequence[str] = ()
+) -> tuple[dict[str, Any], str]:
+    """A config's data with ``overrides`` applied, and where it came from (for messages).
+
+    Args:
+        source: A mapping, a YAML path, or the name of a shipped config (``configs/<kind>/<name>.yaml``).
+        kind: The shipped configs' folder (``ensembles``, ``train``, ``distill``).
+        overrides: ``dotted.path=value`` strings.
+    """
+    if isinstance(source, Mapping):
+        data, where = dict(source), "<config>"
+    else:
+        path = Path(source)
+        if not path.exists() and not path.suffix:
+            from fusion.classes import CONFIGS_DIR
+
+            path = CONFIGS_DIR / kind / f"{source}.yaml"
+        data, where = load_yaml(path), str(path)
+    return apply_overrides(data, overrides), where
+
+
 def load_ensemble_config(
     source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
 ) -> EnsembleConfigBase:
@@ -226,16 +249,7 @@ def load_ensemble_config(
     Raises:
         ConfigError: any invalid field; the message names the source and the YAML path of each problem.
     """
-    if isinstance(source, Mapping):
-        data, where = dict(source), "<config>"
-    else:
-        path = Path(source)
-        if not path.exists() and not path.suffix:
-            from fusion.classes import CONFIGS_DIR
-
-            path = CONFIGS_DIR / "ensembles" / f"{source}.yaml"
-        data, where = load_yaml(path), str(path)
-    data = apply_overrides(data, overrides)
+    data, where = read_config_source(source, "ensembles", overrides)
     data.setdefault("fusion", {"type": "wbf"})
     if isinstance(data["fusion"], str):  # `fusion: nms` is shorthand for `fusion: {type: nms}`
         data["fusion"] = {"type": data["fusion"]}

@@ -96,15 +96,10 @@ def score(
     """
     from fusion.coco.evaluate import resolve_backend
     from fusion.distributed import init_distributed
-    from fusion.ensemble import Ensemble, resolve_device
+    from fusion.ensemble import Ensemble
     from fusion.io import run_dir
 
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
-        raise ValueError(f"batch_size (--batch-size) must be at least 1, got {batch_size!r}")
-    if num_workers < 0:
-        raise ValueError(f"num_workers (--workers) must be 0 or more, got {num_workers}")
-    if device is not None:
-        resolve_device(device, "device (--device)")  # said before any file is read or written
+    _check_arguments(batch_size, num_workers, device)
     cfg = _resolve_config(config, overrides)
     backend = resolve_backend(backend)
     gt = load_annotations(annotations)
@@ -138,13 +133,28 @@ def score(
             name: _in_dataset_order(Predictions.concat([part[name] for part in gathered]), gt)
             for name in ensemble.member_names
         }
-        record = {"command": "score", "config": cfg.model_dump(mode="json")}
-        record["annotations"] = str(annotations) if not isinstance(annotations, Mapping) else "<dict>"
-        record |= {"images": str(images), "backend": backend, "seed": seed, "world_size": dist.world_size}
+        record = {
+            "command": "score",
+            "config": cfg.model_dump(mode="json"),
+            "annotations": str(annotations) if not isinstance(annotations, Mapping) else "<dict>",
+            **{"images": str(images), "backend": backend, "seed": seed, "world_size": dist.world_size},
+        }
         return _evaluate_and_write(ensemble, members, gt, out, record, backend, plots, talk)
     finally:
         dist.barrier()
         dist.close()
+
+
+def _check_arguments(batch_size: int | None, num_workers: int, device: str | None) -> None:
+    """Bad arguments are said before any file is read or written."""
+    from fusion.ensemble import resolve_device
+
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise ValueError(f"batch_size (--batch-size) must be at least 1, got {batch_size!r}")
+    if num_workers < 0:
+        raise ValueError(f"num_workers (--workers) must be 0 or more, got {num_workers}")
+    if device is not None:
+        resolve_device(device, "device (--device)")
 
 
 def _resolve_config(config: Any, overrides: Sequence[str]) -> Any:

@@ -36,7 +36,7 @@ from pydantic import (
     model_validator,
 )
 
-from fusion.config import ConfigError, _format_path, apply_overrides, load_yaml
+from fusion.config import ConfigError, _format_path, read_config_source
 from fusion.detector import MemberConfig
 from fusion.registry import DETECTORS, UnknownNameError
 
@@ -196,16 +196,7 @@ def load_train_config(
     Raises:
         ConfigError: any invalid field; the message names the source and the YAML path of each problem.
     """
-    if isinstance(source, Mapping):
-        data, where = dict(source), "<config>"
-    else:
-        path = Path(source)
-        if not path.exists() and not path.suffix:
-            from fusion.classes import CONFIGS_DIR
-
-            path = CONFIGS_DIR / "train" / f"{source}.yaml"
-        data, where = load_yaml(path), str(path)
-    data = apply_overrides(data, overrides)
+    data, where = read_config_source(source, "train", overrides)
     model = data.get("model")
     if not isinstance(model, dict):
         raise ConfigError(f"{where}: model: expected a member config mapping with a `type`, got {model!r}")

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, ValidationError, create_model, model_validator
 
-from fusion.config import ConfigError, apply_overrides, load_yaml
+from fusion.config import ConfigError, read_config_source
 from fusion.detector import MemberConfig
 from fusion.registry import DETECTORS, UnknownNameError
 from fusion.training.config import TrainConfigBase, _format_errors, _Strict
@@ -119,16 +119,7 @@ def load_distill_config(
     Raises:
         ConfigError: any invalid field; the message names the source and the YAML path of each problem.
     """
-    if isinstance(source, Mapping):
-        data, where = dict(source), "<config>"
-    else:
-        path = Path(source)
-        if not path.exists() and not path.suffix:
-            from fusion.classes import CONFIGS_DIR
-
-            path = CONFIGS_DIR / "distill" / f"{source}.yaml"
-        data, where = load_yaml(path), str(path)
-    data = apply_overrides(data, overrides)
+    data, where = read_config_source(source, "distill", overrides)
     teacher = data.get("teacher")
     if isinstance(teacher, dict) and "ensemble" in teacher:
         teacher_schema: type = EnsembleTeacherConfig
