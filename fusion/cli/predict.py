@@ -9,7 +9,7 @@ Outputs (each written atomically, so an interrupted run never leaves a half-writ
       member with ``images: .../images.json``;
     * ``config.yaml``: the resolved config, overrides applied;
     * ``images/``: annotated copies of the images, with ``--save-images``;
-    * ``skipped.txt``: with ``--skip-bad-images``, each unreadable file and why (``<file>\t<reason>`` per line).
+    * ``errors.json``: with ``--skip-bad-images``, each unreadable file and why (``[{"file", "error"}, ...]``).
 
 Results are appended per batch to a checkpointed cache (``cache/``, see :mod:`fusion.scoring.cache`) that is removed
 when the run finishes: after a kill the same command finds the unfinished run (same name, config and images) and
@@ -76,7 +76,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--skip-bad-images",
         action="store_true",
-        help="skip images that cannot be read (listed with the reason in skipped.txt) instead of stopping",
+        help="skip images that cannot be read (listed with the reason in errors.json) instead of stopping",
     )
     parser.set_defaults(run=run)
 
@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
     from fusion.config import load_ensemble_config
     from fusion.ensemble import Ensemble, resolve_device
     from fusion.images import expand_sources
-    from fusion.io import atomic_write_json, atomic_write_text, atomic_write_yaml, check_run_name
+    from fusion.io import atomic_write_json, atomic_write_yaml, check_run_name
     from fusion.scoring.cache import JsonlCache
 
     sources, overrides = split_sources(args.sources)
@@ -143,12 +143,13 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out_dir / "images.json", {"images": images, "categories": categories})
     atomic_write_json(out_dir / "predictions.json", records, indent=None)
     if skipped:
-        atomic_write_text(out_dir / "skipped.txt", "".join(f"{line}\n" for line in skipped))
+        errors = [dict(zip(("file", "error"), line.split("\t", 1))) for line in skipped]
+        atomic_write_json(out_dir / "errors.json", errors)
     shutil.rmtree(cache.folder)  # finished: the outputs hold everything the cache did
     print(f"{len(records)} detections on {len(images)} images -> {out_dir / 'predictions.json'}")
     if skipped:
         print(
-            f"warning: {len(skipped)} unreadable image(s) skipped, listed in {out_dir / 'skipped.txt'}",
+            f"warning: {len(skipped)} unreadable image(s) skipped, listed in {out_dir / 'errors.json'}",
             file=sys.stderr,
         )
     return 0
@@ -190,7 +191,7 @@ def _load_chunk(
             tensors.append(to_image_tensor(path, device, where=str(path)))
         except (ValueError, OSError) as exc:
             if not skip_bad:
-                hint = " (--skip-bad-images skips such files and lists them in skipped.txt)"
+                hint = " (--skip-bad-images skips such files and lists them in errors.json)"
                 raise ValueError(f"{exc}{hint}") from None
             skipped.append(f"{path}\t{' '.join(str(exc).split())}")  # one line per file
             continue

@@ -112,9 +112,9 @@ def test_skip_bad_images_lists_them_and_keeps_the_others(
     argv = ["predict", "--config", "tiny", str(images), YOLO, "batch_size=1", "--device", "cpu"]
     assert main([*argv, "--name", "skip", "--skip-bad-images"]) == 0
     out = tmp_path / "runs" / "predict" / "skip"
-    skipped = (out / "skipped.txt").read_text().splitlines()
-    assert [line.split("\t")[0] for line in skipped] == [str(images / "im01.png"), str(images / "im03.png")]
-    assert all("cannot read image file" in line for line in skipped)
+    errors = json.loads((out / "errors.json").read_text())
+    assert [e["file"] for e in errors] == [str(images / "im01.png"), str(images / "im03.png")]
+    assert all("cannot read image file" in e["error"] for e in errors)
     index = json.loads((out / "images.json").read_text())["images"]
     assert [(im["id"], Path(im["file_name"]).name) for im in index] == [
         (1, "im00.png"),
