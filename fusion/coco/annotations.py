@@ -18,6 +18,7 @@ import torch
 
 from fusion.boxes import box_convert
 from fusion.classes import ClassMap
+from fusion.coco.records import number_column
 from fusion.detections import Detections
 from fusion.io import paused_gc
 
@@ -180,7 +181,11 @@ def _check_images(images: list[Mapping[str, Any]], where: str) -> tuple[np.ndarr
     """Image ids (int64 ``[I]``) and ``(height, width)`` (float64 ``[I, 2]``): unique ids, positive sizes."""
     image_ids = _int_ids([im["id"] for im in images], "images", "id", where)
     _duplicates(image_ids, "images", where)
-    sizes = np.asarray([[im["height"], im["width"]] for im in images], dtype=np.float64).reshape(-1, 2)
+    sizes = number_column(
+        [[im["height"], im["width"]] for im in images],
+        lambda i: f"{where}: images[{i}] [height, width]",
+        width=2,
+    ).reshape(-1, 2)
     bad = np.flatnonzero(~(sizes > 0).all(axis=1))
     if len(bad):
         i = int(bad[0])
@@ -229,6 +234,22 @@ def _check_annotations(
             f"{where}: annotations[{i}] (id {int(ann_ids[i])}) has image_id {int(ann_images[i])}, which is not in 'images'"
         )
     _check_boxes([a["bbox"] for a in anns], ann_ids, where)
+    _check_optional_field(anns, "area", lambda v: v >= 0, "a number >= 0", where)
+    _check_optional_field(anns, "iscrowd", lambda v: np.isin(v, (0, 1)), "0 or 1", where)
+
+
+def _check_optional_field(
+    anns: list[Mapping[str, Any]], key: str, valid: Any, expected: str, where: str
+) -> None:
+    """Where annotations carry ``key`` (``area``, ``iscrowd``), it is a number that ``valid`` accepts."""
+    present = [i for i, a in enumerate(anns) if key in a]
+    values = number_column(
+        [anns[i][key] for i in present], lambda j: f"{where}: annotations[{present[j]}].{key}"
+    )
+    bad = np.flatnonzero(~valid(values))
+    if len(bad):
+        i = present[int(bad[0])]
+        raise ValueError(f"{where}: annotations[{i}].{key} is {anns[i][key]!r}; expected {expected}")
 
 
 def _check_boxes(boxes: list[Any], ann_ids: np.ndarray, where: str) -> None:
@@ -238,7 +259,9 @@ def _check_boxes(boxes: list[Any], ann_ids: np.ndarray, where: str) -> None:
             raise ValueError(
                 f"{where}: annotations[{index}] (id {int(ann_ids[index])}).bbox must be [x, y, w, h], got {box!r}"
             )
-    box_array = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    box_array = number_column(
+        boxes, lambda i: f"{where}: annotations[{i}] (id {int(ann_ids[i])}).bbox", 4
+    ).reshape(-1, 4)
     bad = np.flatnonzero(~np.isfinite(box_array).all(axis=1) | (box_array[:, 2] < 0) | (box_array[:, 3] < 0))
     if len(bad):
         i = int(bad[0])

@@ -7,7 +7,7 @@ over records.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,28 +48,47 @@ def record_columns(
                 if key not in record:
                     raise ValueError(f"{source}: record [{index}] lacks {key!r}: {record}") from None
         raise
-    try:
-        box_array = np.asarray(boxes, dtype=np.float64)
-    except (ValueError, TypeError):
-        box_array = np.zeros((0,))
-    if box_array.shape != (len(records), 4):
-        for index, box in enumerate(boxes):
-            if not isinstance(box, list) or len(box) != 4:
-                raise ValueError(
-                    f"{source}: record [{index}] has bbox {box!r}; expected [x, y, w, h]"
-                ) from None
-        raise ValueError(f"{source}: bbox values must be numbers")
+    for index, box in enumerate(boxes):
+        if not isinstance(box, list) or len(box) != 4:
+            raise ValueError(f"{source}: record [{index}] has bbox {box!r}; expected [x, y, w, h]") from None
     return (
         _int_column(image_ids, "image_id", source),
         _int_column(category_ids, "category_id", source),
-        box_array,
-        np.asarray(scores, dtype=np.float64),
+        number_column(boxes, lambda i: f"{source}: record [{i}] bbox", width=4),
+        number_column(scores, lambda i: f"{source}: record [{i}] score"),
     )
+
+
+def number_column(
+    values: Sequence[Any], describe: Callable[[int], str], width: int | None = None
+) -> np.ndarray:
+    """``values`` (numbers, or lists of ``width`` numbers) as float64, refusing strings and booleans.
+
+    ``np.asarray(..., dtype=float64)`` would turn ``"0.5"`` into 0.5 and ``True`` into 1.0 without a word; a file
+    holding such values is malformed, so the first one is reported: ``describe(index)`` names its record.
+
+    Raises:
+        ValueError: a value that is not an int or float (or a row that is not ``width`` of them).
+    """
+    array = np.asarray(values)
+    shape_ok = array.ndim == (1 if width is None else 2) and (width is None or array.shape[1] == width)
+    # a True among numbers makes a numeric array too: scalar columns are checked for booleans (rows are not:
+    # the nested scan would cost more than the parse)
+    no_bools = width is not None or not any(v is True or v is False for v in values)
+    if array.dtype.kind in "iuf" and shape_ok and no_bools:
+        return array.astype(np.float64)
+    for index, value in enumerate(values):
+        row = value if width is not None else [value]
+        if (width is not None and (not isinstance(value, list | tuple) or len(value) != width)) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) for v in row
+        ):
+            raise ValueError(f"{describe(index)} is {value!r}; expected {'numbers' if width else 'a number'}")
+    return np.asarray(values, dtype=np.float64)
 
 
 def _int_column(values: list[Any], key: str, source: str) -> np.ndarray:
     array = np.asarray(values)
-    if array.dtype.kind not in "iu":
+    if array.dtype.kind not in "iu" or any(v is True or v is False for v in values):
         for index, value in enumerate(values):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{source}: record [{index}] has {key} {value!r}; expected an integer")
