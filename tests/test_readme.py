@@ -15,6 +15,7 @@ A block or command the tables do not know fails ``test_every_block_is_known``: a
 
 from __future__ import annotations
 
+import ast
 import glob
 import inspect
 import json
@@ -309,7 +310,7 @@ def test_python_block(block: Block, key: str, readme_dir: Path) -> None:
         _check_training_block(block)
         return
     namespace: dict[str, object] = {"__name__": "__readme__"}
-    exec(code, namespace)  # noqa: S102 - the README's own code, as a reader would run it
+    exec(code, namespace)  # the README's own code, as a reader would run it
     if "fused" in namespace and "a" in namespace:  # quickstart: WBF of a's first box (w 2) with b's box (w 1)
         fused = namespace["fused"]
         weights = [2 * 0.9, 1 * 0.8]
@@ -340,7 +341,7 @@ def _check_training_block(block: Block) -> None:
     calls = re.findall(r"\b(train|distill)\((.*)\)", block.text)
     assert calls, f"README.md:{block.line}: no train()/distill() call found"
     for name, args_text in calls:
-        args = eval(f"({args_text},)", {})  # noqa: S307 - literal arguments of the README's call
+        args = ast.literal_eval(f"({args_text},)")
         inspect.signature(getattr(training, name)).bind(*args)
         loader = load_train_config if name == "train" else load_distill_config
         loader(ROOT / args[0], *args[1:])
@@ -378,3 +379,14 @@ def test_yaml_block(block: Block, readme_dir: Path) -> None:
 def _no_files(member: dict) -> bool:
     """An ultralytics member built from a stock model YAML (random init, no file needed)."""
     return member.get("type") == "ultralytics" and not member.get("weights") and "/" not in member["model"]
+
+
+def test_run_folders_name_shipped_configs() -> None:
+    """``runs/train/<name>`` and ``runs/distill/<name>`` in the README are where a shipped config of that name writes."""
+    import yaml
+
+    mentioned = set(re.findall(r"runs/(train|distill)/([\w.-]+)", README.read_text(encoding="utf-8")))
+    assert mentioned, "README.md names no training or distillation run folder"
+    for kind, name in sorted(mentioned):
+        names = {yaml.safe_load(p.read_text())["name"] for p in (ROOT / "configs" / kind).glob("*.yaml")}
+        assert name in names, f"README.md: runs/{kind}/{name}: no configs/{kind}/*.yaml is named {name!r}"
