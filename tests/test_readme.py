@@ -72,11 +72,12 @@ NOT_FUSION = {
     "pytest": "runs the test suite this test belongs to",
 }
 
-# Substitutions: fewer images, trials, epochs; what is printed is parsed unchanged (see test_bash_parses).
-SMALL_RENDER = {"4000": "6", "500": "3"}
+# The path/count table: a printed token -> the tokens run instead (fewer images and trials; the files the printed
+# paths name are made by `readme_dir`). What is printed is parsed unchanged (test_bash_parses).
+SMALL_RENDER = {"4000": ["6"], "500": ["3"]}
 
 # command as printed -> (substitutions, prerequisite command run first in the same folder, slow)
-RUN: dict[str, tuple[dict[str, str], str | None, bool]] = {
+RUN: dict[str, tuple[dict[str, list[str]], str | None, bool]] = {
     "fusion demo": ({}, None, False),  # no shipped members: the simulated demo, with a notice on stderr
     "fusion list policies": ({}, None, False),
     "fusion list detectors": ({}, None, False),
@@ -88,12 +89,12 @@ RUN: dict[str, tuple[dict[str, str], str | None, bool]] = {
         False,
     ),
     "fusion tune member_a.json member_b.json --annotations val.json --policies wbf,voting": (
-        {"--policies": "--trials=3 --policies"},
+        {"--policies": ["--trials", "3", "--policies"]},
         None,
         True,
     ),
     "fusion tune a.json b.json c.json --annotations val.json --policies wbf,voting,soft_nms --trials 40": (
-        {"40": "3"},
+        {"40": ["3"]},
         None,
         True,
     ),
@@ -238,14 +239,12 @@ def readme_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-def _run(command: str, substitutions: dict[str, str]) -> int:
+def _run(command: str, substitutions: dict[str, list[str]]) -> int:
+    """``fusion.cli.main`` on the printed command with its substitutions; globs expand as the shell would."""
     argv: list[str] = []
     for token in shlex.split(command)[1:]:
-        token = substitutions.get(token, token)
-        if "*" in token:
-            argv += sorted(glob.glob(token))
-        else:
-            argv += token.split()
+        for arg in substitutions.get(token, [token]):
+            argv += sorted(glob.glob(arg)) if "*" in arg else [arg]
     return main(argv)
 
 
@@ -277,7 +276,7 @@ def test_bash_runs(command: str, comment: str, readme_dir: Path, capsys: pytest.
         assert (readme_dir / "runs/demo/demo/metrics.json").exists()
     elif verb == "render":
         data = json.loads((readme_dir / "runs/render/shapes/val/annotations.json").read_text())
-        assert len(data["images"]) == int(SMALL_RENDER["500"])
+        assert len(data["images"]) == int(SMALL_RENDER["500"][0])
     else:  # predict, fuse, score, tune: a run folder under runs/<verb>/ with its resolved config
         (run,) = (readme_dir / "runs" / verb).iterdir()
         assert (run / "config.yaml").exists()
@@ -328,6 +327,11 @@ def test_python_block(block: Block, key: str, readme_dir: Path) -> None:
         assert {name: len(found) for name, found in per_member.items()} == {"frcnn": 1, "yolo": 1}
     if "paths" in namespace:
         annotations, images_dir = namespace["paths"]["val"]
+        assert (annotations, images_dir) == (
+            Path("data/shapes/val/annotations.json"),
+            Path("data/shapes/val/images"),
+        )
+        assert (images_dir / "000000.png").is_file()
         images = json.loads(Path(annotations).read_text())["images"]
         assert len(images) == len(list(Path(images_dir).iterdir())) > 0
 
