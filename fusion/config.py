@@ -7,7 +7,7 @@ The config shape::
     device: auto                 # auto | cpu | cuda | cuda:N
     members:
       - {name: frcnn, type: torchvision, model: fasterrcnn_mobilenet_v3_large_320_fpn, weights: null, weight: 1.0}
-      - {name: yolo, type: ultralytics, model: yolo11n.yaml, weight: 1.0}
+      - {name: yolo, type: ultralytics, model: yolo11n.yaml, classes: coco80, weight: 1.0}  # a .yaml has no names
     fusion: {type: wbf, iou_thr: 0.55, skip_box_thr: 0.0, conf_type: avg}
 
 ``members[*]`` and ``fusion`` are discriminated unions on ``type``: each registered detector and policy contributes
