@@ -34,9 +34,10 @@ def test_every_policy_lists_its_known_parameters(name: str) -> None:
 
 
 def test_a_type_parameter_naming_another_policy_is_refused() -> None:
-    name, params = parse_policy(["wbf", "type=nms"])  # `--policy wbf type=nms`
+    with pytest.raises(ValueError, match="give the policy's name as the first word"):
+        parse_policy(["wbf", "type=nms"])  # `--policy wbf type=nms` is refused on the command line already
     with pytest.raises(PolicyParamsError, match="parameter type='nms' names another policy"):
-        make_policy(name, **params)
+        make_policy("wbf", type="nms")  # and by the policy itself, for the Python API
     assert make_policy("wbf", type="wbf").params.type == "wbf"  # agreeing is harmless
 
 
