@@ -69,13 +69,7 @@ class DeformableEncoderLayer(_FFN):
     ) -> None:
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, levels, num_heads, points)
-        self.linear1 = nn.Linear(d_model, dim_ff)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_ff, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self._build_ffn_and_norms(d_model, dim_ff, dropout, residuals=2)
 
     def forward(
         self, src: Tensor, pos: Tensor, reference: Tensor, shapes: list[tuple[int, int]], mask: Tensor | None
@@ -93,15 +87,7 @@ class DeformableDecoderLayer(_FFN):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, None, dropout)
         self.cross_attn = MSDeformAttn(d_model, levels, num_heads, points)
-        self.linear1 = nn.Linear(d_model, dim_ff)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_ff, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self._build_ffn_and_norms(d_model, dim_ff, dropout, residuals=3)
 
     def forward(
         self,

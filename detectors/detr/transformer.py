@@ -127,6 +127,16 @@ class _FFN(nn.Module):
     linear2: nn.Linear
     dropout: nn.Dropout
 
+    def _build_ffn_and_norms(self, d_model: int, dim_ff: int, dropout: float, residuals: int) -> None:
+        """The FFN and, per residual branch ``i``, ``norm{i}`` and ``dropout{i}`` (the official key names)."""
+        self.linear1 = nn.Linear(d_model, dim_ff)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_ff, d_model)
+        for i in range(1, residuals + 1):
+            setattr(self, f"norm{i}", nn.LayerNorm(d_model))
+        for i in range(1, residuals + 1):
+            setattr(self, f"dropout{i}", nn.Dropout(dropout))
+
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(x))))
 
@@ -139,13 +149,7 @@ class EncoderLayer(_FFN):
     ) -> None:
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, head_dim, dropout)
-        self.linear1 = nn.Linear(d_model, dim_ff)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_ff, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
+        self._build_ffn_and_norms(d_model, dim_ff, dropout, residuals=2)
 
     def forward(self, src: Tensor, pos: Tensor, mask: Tensor | None) -> Tensor:
         q = src + pos
@@ -162,15 +166,7 @@ class DecoderLayer(_FFN):
         super().__init__()
         self.self_attn = MultiheadAttention(d_model, num_heads, head_dim, dropout)
         self.multihead_attn = MultiheadAttention(d_model, num_heads, head_dim, dropout)
-        self.linear1 = nn.Linear(d_model, dim_ff)
-        self.dropout = nn.Dropout(dropout)
-        self.linear2 = nn.Linear(dim_ff, d_model)
-        self.norm1 = nn.LayerNorm(d_model)
-        self.norm2 = nn.LayerNorm(d_model)
-        self.norm3 = nn.LayerNorm(d_model)
-        self.dropout1 = nn.Dropout(dropout)
-        self.dropout2 = nn.Dropout(dropout)
-        self.dropout3 = nn.Dropout(dropout)
+        self._build_ffn_and_norms(d_model, dim_ff, dropout, residuals=3)
 
     def forward(
         self,
