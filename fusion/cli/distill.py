@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from fusion.cli.train import add_job_arguments, job_overrides
+
 __all__ = ["add_parser", "run"]
 
 
@@ -22,35 +24,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--config", default=None, help="distillation config YAML (or a configs/distill name)")
     parser.add_argument(
-        "--resume", default=None, metavar="RUN", help="continue runs/distill/<name> from its checkpoint"
-    )
-    parser.add_argument(
         "--unlabeled", default=None, metavar="DIR", help="unlabelled images for the ensemble's pseudo-labels"
     )
-    parser.add_argument("--name", default=None, help="run name (default: the config's name)")
-    parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the config's)")
-    parser.add_argument("--project", default="runs", help="root folder of runs (default: runs)")
     parser.add_argument("--no-report", action="store_true", help="skip the teacher/student report")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.epochs=3"
-    )
+    add_job_arguments(parser, "distill")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from fusion.training.distill import distill
+    from fusion.training.distillation import distill
 
-    if (args.config is None) == (args.resume is None):
-        raise ValueError("give either --config C (a new run) or --resume runs/distill/<name>")
-    overrides = list(args.overrides)
-    if args.resume is not None and (overrides or args.name or args.device or args.unlabeled):
-        raise ValueError(
-            "--resume continues a run with its own config.yaml: no overrides, --name, --device or --unlabeled"
-        )
-    if args.name is not None:
-        overrides.append(f"name={args.name}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
+    overrides = job_overrides(args, "distill", **{"--unlabeled": args.unlabeled})
     summary = distill(
         args.config,
         overrides,

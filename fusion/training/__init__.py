@@ -4,7 +4,7 @@ The core never imports ``detectors``: a detector plugin makes itself trainable b
 :meth:`fusion.detector.Detector.trainable`, which returns a :class:`~fusion.training.trainable.Trainable`.
 
 Entry points: :func:`~fusion.training.loop.train` (``fusion train --config C``; ``--resume runs/train/<name>``;
-``torchrun --nproc_per_node N -m fusion train ...``), :func:`~fusion.training.distill.distill` (``fusion distill``)
+``torchrun --nproc_per_node N -m fusion train ...``), :func:`~fusion.training.distillation.distill` (``fusion distill``)
 and :func:`~fusion.training.config.load_train_config` / :func:`~fusion.training.distill_config.load_distill_config`.
 They load lazily: importing this package (as ``fusion.detector`` does) pulls in no training machinery.
 """
@@ -19,7 +19,7 @@ from fusion.training.trainable import ExternalTrainJob, NotTrainableError, Train
 _LAZY = {
     "train": "fusion.training.loop",
     "load_train_config": "fusion.training.config",
-    "distill": "fusion.training.distill",
+    "distill": "fusion.training.distillation",
     "load_distill_config": "fusion.training.distill_config",
 }
 

@@ -90,3 +90,13 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert "none.yaml does not exist" in err and "Traceback" not in err
     assert main(["distill", "--resume", str(tmp_path), "train.epochs=2"]) == 2
     assert "no overrides" in capsys.readouterr().err
+
+
+def test_the_package_names_stay_the_functions_after_their_modules_are_imported() -> None:
+    # A submodule named like a lazily exported function would replace it on the package once imported.
+    import fusion.training.distillation
+    import fusion.training.loop  # noqa: F401
+    from fusion.training import distill, train
+
+    assert callable(distill) and distill.__name__ == "distill"
+    assert callable(train) and train.__name__ == "train"

@@ -12,7 +12,7 @@ from training_toy import make_dataset
 from fusion.coco.annotations import load_annotations
 from fusion.training.config import AugmentConfig
 from fusion.training.data import CocoTrainDataset, ConcatTrainDataset, build_augment
-from fusion.training.distill import _ensemble_loss
+from fusion.training.distillation import _ensemble_loss
 from fusion.training.trainable import Trainable
 
 

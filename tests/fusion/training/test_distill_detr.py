@@ -16,7 +16,7 @@ from distill_toy import CLASSES, detr_config, make_splits, save_teacher
 from safetensors.torch import load_file
 
 from fusion.cli import main
-from fusion.training.distill import distill
+from fusion.training.distillation import distill
 from fusion.training.teacher import TeacherChangedError
 
 HERE = Path(__file__).resolve().parent
@@ -124,7 +124,7 @@ SCRIPT = """
 import json, sys
 import torch
 torch.set_num_threads(1)
-from fusion.training.distill import distill
+from fusion.training.distillation import distill
 args = json.loads(sys.argv[1])
 distill(args.get("config"), root=args["root"], resume=args.get("resume"), report=False, verbose=False)
 """

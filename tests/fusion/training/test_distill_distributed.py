@@ -25,7 +25,7 @@ import torch
 torch.set_num_threads(1)
 import training_toy
 training_toy.register()
-from fusion.training.distill import distill
+from fusion.training.distillation import distill
 distill(json.loads(sys.argv[1]), root=sys.argv[2], report=False, verbose=False)
 """
 

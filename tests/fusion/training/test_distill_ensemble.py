@@ -13,7 +13,7 @@ from distill_toy import ensemble_config, make_splits
 from fusion.cli import main
 from fusion.coco.annotations import load_annotations
 from fusion.coco.evaluate import evaluate
-from fusion.training.distill import distill
+from fusion.training.distillation import distill
 from fusion.training.teacher import TeacherCache, TeacherChangedError
 
 
