@@ -176,18 +176,16 @@ def run(args: argparse.Namespace) -> int:
             return 1
         return 0
     policy, params = parse_policy(args.policy)
-    simulated = args.simulated or _nothing_shipped(args.assets)
-    if simulated:
-        run_demo(
-            SIMULATED_IMAGES if args.images is None else args.images,
-            args.seed,
-            name=args.name,
-            project=args.project,
-            policy=policy,
-            params=params,
-            backend=args.backend,
-            plots=not args.no_plots,
-        )
+    common = {
+        "name": args.name,
+        "project": args.project,
+        "policy": policy,
+        "params": params,
+        "backend": args.backend,
+        "plots": not args.no_plots,
+    }
+    if args.simulated or _nothing_shipped(args.assets):
+        run_demo(SIMULATED_IMAGES if args.images is None else args.images, args.seed, **common)
         return 0
     from fusion.demo.assets import ASSETS_DIR
     from fusion.demo.real import run_real_demo
@@ -195,12 +193,7 @@ def run(args: argparse.Namespace) -> int:
     run_real_demo(
         REAL_IMAGES if args.images is None else args.images,
         args.seed,
-        name=args.name,
-        project=args.project,
-        policy=policy,
-        params=params,
-        backend=args.backend,
-        plots=not args.no_plots,
+        **common,
         assets_dir=args.assets or ASSETS_DIR,
         device=args.device,
     )

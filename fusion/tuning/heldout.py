@@ -69,9 +69,9 @@ def tune_heldout(
     baselines = [_baselines(scorer, default, fold.held_out, metric) for fold in protocol.folds]
     results = []
     for policy in policies:
-        folds = []
-        for k, (fold, base) in enumerate(zip(protocol.folds, baselines)):
-            found, _ = tune(
+
+        def search(image_ids: Any, policy: str = policy) -> Any:
+            return tune(
                 {},
                 scorer.gt,
                 policies=[policy],
@@ -80,21 +80,15 @@ def tune_heldout(
                 metric=metric,
                 progress=False,
                 scorer=scorer,
-                image_ids=fold.fit,
+                image_ids=image_ids,
             )
+
+        folds = []
+        for k, (fold, base) in enumerate(zip(protocol.folds, baselines)):
+            found, _ = search(fold.fit)
             value = scorer.stats(found.policy, fold.held_out)[metric]
             folds.append({"fold": k + 1, "setting": found.policy, metric: value, **base})
-        best, history = tune(
-            {},
-            scorer.gt,
-            policies=[policy],
-            trials=trials,
-            seed=seed,
-            metric=metric,
-            progress=False,
-            scorer=scorer,
-            image_ids=protocol.final,
-        )
+        best, history = search(protocol.final)
         result = PolicyResult(
             policy,
             best,
