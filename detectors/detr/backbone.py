@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["BACKBONES", "Backbone", "Joiner", "stage_channels"]
+__all__ = ["BACKBONE_NORMS", "BACKBONES", "Backbone", "Joiner", "stage_channels"]
 
 #: Supported ResNets and the channel count of their ``layer4`` output.
 BACKBONES: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -31,6 +31,7 @@ def stage_channels(name: str, stage: int) -> int:
 # DETR's frozen BN uses eps 1e-5 (torchvision's default changed across versions, so it is pinned here);
 # torchvision's FrozenBatchNorm2d drops ``num_batches_tracked`` on load, as the official one does.
 _FrozenBN = partial(FrozenBatchNorm2d, eps=1e-5)
+BACKBONE_NORMS = {"frozen": _FrozenBN, "batch": nn.BatchNorm2d}
 
 
 class Backbone(nn.Module):
@@ -44,6 +45,10 @@ class Backbone(nn.Module):
         return_layers: The stages (2 = stride 8, 3 = stride 16, 4 = stride 32) whose outputs
             :meth:`levels` returns, ascending; the trunk ends at the last one, so ``(3,)`` drops ``layer4``
             (for ResNet-18 that is 75 % of its weights). ``forward`` returns the last of them.
+        norm: ``"frozen"``: the official FrozenBatchNorm2d, ``conv1``/``layer1`` frozen (right for a pretrained
+            trunk). ``"batch"``: trainable BatchNorm2d and every stage trainable, for a trunk trained from random
+            init (a frozen identity norm and a frozen random stem keep such a DETR near AP 0 on the rendered
+            shapes).
     """
 
     def __init__(
@@ -52,6 +57,7 @@ class Backbone(nn.Module):
         dilation: bool = False,
         train_backbone: bool = True,
         return_layers: tuple[int, ...] = (4,),
+        norm: str = "frozen",
     ) -> None:
         super().__init__()
         if name not in BACKBONES:
@@ -66,9 +72,11 @@ class Backbone(nn.Module):
             raise ValueError("dilation (DC5) dilates layer4, but return_layers does not reach it")
         if dilation and name in ("resnet18", "resnet34"):
             raise ValueError(f"dilation (DC5) needs a bottleneck ResNet (resnet50/101), got {name!r}")
+        if norm not in BACKBONE_NORMS:
+            raise ValueError(f"backbone norm must be one of {sorted(BACKBONE_NORMS)}, got {norm!r}")
         # weights=None: never download anything; the ImageNet/DETR weights come from checkpoints.
         resnet = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=_FrozenBN
+            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=BACKBONE_NORMS[norm]
         )
         keep = ("conv1", "bn1", "relu", "maxpool", *(f"layer{i}" for i in range(1, return_layers[-1] + 1)))
         self.body = nn.Sequential(OrderedDict((k, getattr(resnet, k)) for k in keep))
@@ -76,7 +84,8 @@ class Backbone(nn.Module):
         self.level_channels = [stage_channels(name, stage) for stage in self.return_layers]
         self.num_channels = self.level_channels[-1]
         for param_name, param in self.body.named_parameters():
-            trainable = train_backbone and param_name.split(".")[0] in ("layer2", "layer3", "layer4")
+            stage = param_name.split(".")[0]
+            trainable = train_backbone and (norm == "batch" or stage in ("layer2", "layer3", "layer4"))
             param.requires_grad_(trainable)
 
     def levels(self, images: Tensor, mask: Tensor) -> list[tuple[Tensor, Tensor]]:

@@ -57,7 +57,9 @@ class DeformableDETR(nn.Module):
         self.config = config
         d = config.d_model
         self.num_queries = config.num_queries
-        backbone = Backbone(config.backbone, config.dilation, config.train_backbone, config.backbone_layers)
+        backbone = Backbone(
+            config.backbone, config.dilation, config.train_backbone, config.backbone_layers, config.backbone_norm
+        )
         num_levels = len(config.backbone_layers) + config.extra_levels
         self.transformer = DeformableTransformer(
             d_model=d,

@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .backbone import BACKBONES, Backbone, Joiner
+from .backbone import BACKBONE_NORMS, BACKBONES, Backbone, Joiner
 from .outputs import BackboneLevels, check_inputs, pack_outputs
 from .position_encoding import PositionEmbeddingSine
 from .transformer import MLP, Transformer, group_attention_mask
@@ -55,7 +55,11 @@ class DetrConfig:
         dropout: Dropout (training only).
         num_queries: Learned object queries.
         aux_loss: Return ``aux_outputs`` (outputs of the earlier decoder layers).
-        train_backbone: Let layer2-4 of the backbone train (conv1/layer1 are always frozen, as officially).
+        train_backbone: Let layer2-4 of the backbone train (conv1/layer1 are frozen, as officially, unless
+            ``backbone_norm="batch"``); ``False`` freezes the whole trunk.
+        backbone_norm: ``frozen`` (official FrozenBatchNorm, for pretrained weights) or ``batch`` (trainable
+            BatchNorm and a trainable stem: a backbone trained from random init, as every backbone here is
+            offline; see :class:`detectors.detr.backbone.Backbone`).
         uncertainty_modulation: Cal-DETR: modulate the final logits by their decoder-layer variance (see
             :mod:`detectors.detr.calibration`); off by default and off in the official models.
         backbone_layers: ResNet stages feeding the transformer, ascending (2 = stride 8, 3 = stride 16,
@@ -94,6 +98,7 @@ class DetrConfig:
     num_queries: int = 100
     aux_loss: bool = True
     train_backbone: bool = True
+    backbone_norm: str = "frozen"
     uncertainty_modulation: bool = False
     backbone_layers: tuple[int, ...] = (4,)
     deformable: bool = False
@@ -117,6 +122,10 @@ class DetrConfig:
     def _check_basic(self) -> None:
         if self.backbone not in BACKBONES:
             raise ValueError(f"DetrConfig.backbone must be one of {sorted(BACKBONES)}, got {self.backbone!r}")
+        if self.backbone_norm not in BACKBONE_NORMS:
+            raise ValueError(
+                f"DetrConfig.backbone_norm must be one of {sorted(BACKBONE_NORMS)}, got {self.backbone_norm!r}"
+            )
         for name in ("num_classes", "d_model", "num_heads", "dec_layers", "dim_feedforward", "num_queries"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -285,7 +294,9 @@ class DETR(nn.Module):
             nn.init.constant_(self.class_embed.bias, -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB))
         self.bbox_embed = MLP(d, d, 4, 3)
         self.query_embed = nn.Embedding(config.num_queries * config.num_query_groups, d)
-        backbone = Backbone(config.backbone, config.dilation, config.train_backbone, config.backbone_layers)
+        backbone = Backbone(
+            config.backbone, config.dilation, config.train_backbone, config.backbone_layers, config.backbone_norm
+        )
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.backbone = Joiner(backbone, PositionEmbeddingSine(d // 2, normalize=True))
         self.aux_loss = config.aux_loss

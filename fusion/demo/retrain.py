@@ -34,7 +34,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,24 +78,45 @@ def _digest(data: Any) -> str:
 class _Steps:
     """Runs steps once: a step whose record matches its inputs' fingerprint and whose outputs are intact is skipped."""
 
-    def __init__(self, work: Path, dry_run: bool) -> None:
+    def __init__(self, work: Path, dry_run: bool, only: Collection[str] | None = None) -> None:
         self.work, self.dry_run, self.table = work, dry_run, []
+        self.only = None if only is None else set(only)
 
     def record_path(self, step: str) -> Path:
         return self.work / "steps" / f"{step}.json"
 
-    def run(self, step: str, material: dict[str, Any], action: Callable[[str], Sequence[Path]]) -> str:
-        """Run ``action(fingerprint)`` unless done; returns the digest of the step's outputs (its downstream input)."""
+    def run(
+        self,
+        step: str,
+        material: dict[str, Any],
+        action: Callable[[str], Sequence[Path]],
+        needs: dict[str, str | None] | None = None,
+    ) -> str | None:
+        """Run ``action(fingerprint)`` unless done; returns the digest of the step's outputs (its downstream input),
+        or ``None`` while it is not done (left out by ``only``, or one of ``needs``, the upstream steps' digests by
+        name, is ``None``). The fingerprint covers ``material`` and ``needs``."""
         from fusion import __version__
         from fusion.io import atomic_write_json
 
-        fingerprint = _digest({**material, "step": step, "version": __version__})
+        needs = needs or {}
+        pending = [name for name, digest in needs.items() if digest is None]
+        if pending:
+            if self.only is not None and step in self.only:
+                raise StepFailedError(
+                    f"step {step} needs its upstream steps ({', '.join(pending)}) done first"
+                )
+            print(f"[wait] {step}: upstream not done", flush=True)
+            return None
+        fingerprint = _digest({**material, **needs, "step": step, "version": __version__})
         path = self.record_path(step)
         record = json.loads(path.read_text()) if path.is_file() else None
         if record and record["fingerprint"] == fingerprint and _intact(record["outputs"]):
             print(f"[skip] {step}: done ({record['wall_s']:.0f} s when it ran)", flush=True)
             self.table.append((step, record["wall_s"], "skipped"))
             return _digest(record["outputs"])
+        if self.only is not None and step not in self.only:
+            print(f"[left] {step}: not selected", flush=True)
+            return None
         if self.dry_run:
             print(f"[todo] {step}", flush=True)
             self.table.append((step, 0.0, "to do"))
@@ -312,8 +333,12 @@ def retrain(
     assets_dir: str | Path | None = None,
     dry_run: bool = False,
     smoke: bool = False,
+    only: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Run (or resume) every step; returns ``{step: wall seconds}`` of this call (skipped steps: their recorded time).
+
+    ``only``: run just these steps (the others are used when done, left alone otherwise), so that independent steps
+    can run side by side in separate processes, e.g. ``--only train-yolo11n`` beside ``--only train-detr``.
 
     Raises:
         StepFailedError: a job failed; rerunning resumes from where it stopped.
@@ -323,7 +348,7 @@ def retrain(
     work, assets = Path(work).resolve(), Path(assets_dir or ASSETS_DIR).resolve()
     if smoke and assets == ASSETS_DIR.resolve():
         raise ValueError("--smoke writes toy members: give --assets DIR (never the shipped folder)")
-    steps = _Steps(work, dry_run)
+    steps = _Steps(work, dry_run, only)
     render_spec = {**RENDER, "splits": SMOKE["splits"]} if smoke else RENDER
     extra: list[str] = list(SMOKE["overrides"]) if smoke else []
 
@@ -333,36 +358,37 @@ def retrain(
         return [work / "data" / "manifest.json"]
 
     data = steps.run("render", {"render": render_spec}, render)
-    made: dict[str, str] = {}
+    made: dict[str, str | None] = {}
     for name in (*TRAINED, *BASELINES):
         config = CONFIGS_DIR / "train" / f"demo-{name}.yaml"
-        material = {"config": config.read_text(), "data": data, "device": device, "extra": extra}
+        material = {"config": config.read_text(), "device": device, "extra": extra}
         made[name] = steps.run(
-            f"train-{name}", material, lambda fp, n=name: _train(work, n, device, fp, extra)
+            f"train-{name}", material, lambda fp, n=name: _train(work, n, device, fp, extra), {"data": data}
         )
-    teacher = _digest({name: made[name] for name in TRAINED})
+    done = all(made[name] is not None for name in TRAINED)
+    teacher = _digest({name: made[name] for name in TRAINED}) if done else None
     for name in DISTILLED:
         config = CONFIGS_DIR / "distill" / f"demo-{name}.yaml"
-        material = {
-            "config": config.read_text(),
-            "data": data,
-            "teacher": teacher,
-            "device": device,
-            "extra": extra,
-        }
+        material = {"config": config.read_text(), "device": device, "extra": extra}
 
         def distill(fp: str, n: str = name) -> list[Path]:
             _teacher_config(work)
             return _distill(work, n, device, fp, extra)
 
-        made[name] = steps.run(f"distill-{name}", material, distill)
+        made[name] = steps.run(f"distill-{name}", material, distill, {"data": data, "teacher": teacher})
     sources = {n: work / "train" / f"demo-{n}" for n in TRAINED}
     sources |= {n: work / "distill" / f"demo-{n}" for n in DISTILLED}
-    shipped = {n: made[n] for n in sources} | {"demo.yaml": DEMO_CONFIG.read_text()}
-    packaged = steps.run("package", shipped, lambda _: _package(assets, sources))
+    shipped = {n: made[n] for n in sources}
+    packaged = steps.run(
+        "package", {"demo.yaml": DEMO_CONFIG.read_text()}, lambda _: _package(assets, sources), shipped
+    )
     wall = {step: round(seconds, 1) for step, seconds, _ in steps.table}
+    baselines = {name: made[name] for name in BASELINES}
     steps.run(
-        "record", {"package": packaged, "record": RECORD}, lambda _: _record(work, assets, wall, render_spec)
+        "record",
+        {"record": RECORD},
+        lambda _: _record(work, assets, wall, render_spec),
+        {"package": packaged, **baselines},
     )
     print("\nstep                        wall time   status")
     for step, seconds, status in steps.table:
@@ -374,6 +400,10 @@ def retrain(
     return {step: seconds for step, seconds, _ in steps.table}
 
 
+def _split_steps(text: str | None) -> list[str] | None:
+    return None if text is None else [step.strip() for step in text.split(",") if step.strip()]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m fusion.demo.retrain", description=__doc__.split("\n\n")[0].strip()
@@ -383,6 +413,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default: each config's)")
     parser.add_argument("--assets", default=None, help="where the shipped files go (default: the package's)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated steps to run (e.g. train-yolo11n,train-yolov8n): independent steps side by side",
+    )
     parser.add_argument("--dry-run", action="store_true", help="list the steps still to do, run nothing")
     parser.add_argument(
         "--smoke",
@@ -391,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        retrain(args.work, args.device, args.assets, args.dry_run, args.smoke)
+        retrain(args.work, args.device, args.assets, args.dry_run, args.smoke, _split_steps(args.only))
     except (StepFailedError, ValueError, OSError) as exc:
         print(f"fusion demo --retrain: error: {exc}", file=sys.stderr)
         return 1

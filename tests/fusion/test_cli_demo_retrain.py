@@ -43,6 +43,23 @@ def test_a_done_step_is_skipped_and_reruns_when_inputs_or_outputs_change(tmp_pat
     assert [status for _, _, status in steps.table] == ["ran", "skipped", "ran", "ran", "skipped"]
 
 
+def test_only_runs_the_selected_steps_and_waits_for_upstream(tmp_path: Path) -> None:
+    up, down, calls = tmp_path / "up.txt", tmp_path / "down.txt", []
+    left = _Steps(tmp_path / "work", dry_run=False, only=["down"])
+    assert left.run("up", {}, _action(up, calls, "u")) is None and calls == []  # not selected, not done
+    assert left.run("side", {}, _action(down, calls, "d"), {"up": None}) is None  # waits, not selected
+    with pytest.raises(StepFailedError, match=r"step down needs its upstream steps \(up\) done first"):
+        left.run("down", {}, _action(down, calls, "d"), {"up": None})
+    digest = _Steps(tmp_path / "work", dry_run=False, only=["up"]).run("up", {}, _action(up, calls, "u"))
+    assert len(calls) == 1
+    reused = _Steps(tmp_path / "work", dry_run=False, only=["down"]).run("up", {}, _action(up, calls, "u"))
+    assert reused == digest and len(calls) == 1  # a done step feeds its downstream though not selected
+    _Steps(tmp_path / "work", dry_run=False, only=["down"]).run(
+        "down", {}, _action(down, calls, "d"), {"up": digest}
+    )
+    assert len(calls) == 2 and down.read_text() == "d"
+
+
 def test_dry_run_runs_nothing(tmp_path: Path) -> None:
     out, calls = tmp_path / "out.txt", []
     steps = _Steps(tmp_path / "work", dry_run=True)

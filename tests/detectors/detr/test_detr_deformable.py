@@ -140,6 +140,26 @@ def test_layer3_backbone_drops_layer4_and_returns_strides_8_16() -> None:
     assert light.level_channels == [128, 256]
 
 
+def test_batch_norm_backbone_trains_every_stage_and_learns_its_statistics() -> None:
+    official = Backbone("resnet18", return_layers=(2, 3))
+    scratch = Backbone("resnet18", return_layers=(2, 3), norm="batch")
+    frozen = {n.split(".")[0] for n, p in official.body.named_parameters() if not p.requires_grad}
+    assert frozen == {"conv1", "layer1"}  # FrozenBatchNorm2d holds buffers only
+    assert all(p.requires_grad for p in scratch.parameters())
+    assert "bn1.num_batches_tracked" in scratch.body.state_dict()
+    assert "bn1.num_batches_tracked" not in official.body.state_dict()
+    images = torch.randn(4, 3, 32, 32) * 3.0 + 2.0
+    scratch.train()
+    features = scratch.levels(images, torch.zeros(4, 32, 32, dtype=torch.bool))[-1][0]
+    # Train-mode BatchNorm normalises each channel over the batch (then ReLU), so no channel blows up with depth.
+    assert features.std() < 5.0
+    assert torch.allclose(scratch.body.bn1.running_mean, 0.1 * scratch.body.conv1(images).mean((0, 2, 3)))
+    with pytest.raises(ValueError, match="backbone norm must be one of"):
+        Backbone("resnet18", norm="group")
+    with pytest.raises(ValueError, match="DetrConfig.backbone_norm"):
+        DetrConfig(backbone_norm="layer")
+
+
 def test_config_defaults_are_official_and_fast_switches_need_deformable() -> None:
     config = DetrConfig()
     assert (config.deformable, config.classification, config.num_query_groups) == (False, "softmax", 1)
