@@ -17,7 +17,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["BACKBONE_NORMS", "BACKBONES", "Backbone", "Joiner", "stage_channels"]
+__all__ = ["BACKBONES", "BACKBONE_NORMS", "Backbone", "Joiner", "stage_channels"]
 
 #: Supported ResNets and the channel count of their ``layer4`` output.
 BACKBONES: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -76,7 +76,9 @@ class Backbone(nn.Module):
             raise ValueError(f"backbone norm must be one of {sorted(BACKBONE_NORMS)}, got {norm!r}")
         # weights=None: never download anything; the ImageNet/DETR weights come from checkpoints.
         resnet = getattr(torchvision.models, name)(
-            weights=None, replace_stride_with_dilation=[False, False, dilation], norm_layer=BACKBONE_NORMS[norm]
+            weights=None,
+            replace_stride_with_dilation=[False, False, dilation],
+            norm_layer=BACKBONE_NORMS[norm],
         )
         keep = ("conv1", "bn1", "relu", "maxpool", *(f"layer{i}" for i in range(1, return_layers[-1] + 1)))
         self.body = nn.Sequential(OrderedDict((k, getattr(resnet, k)) for k in keep))
