@@ -62,6 +62,8 @@ class TorchvisionConfig(MemberConfig):
         score_thr: Boxes scoring below this are dropped by the model's own post-processing.
         detections_per_img: Most boxes per image after the model's NMS.
         min_size, max_size: Override the model's resize (``GeneralizedRCNNTransform``); ``null`` keeps its own.
+            SSD models resize every image to one fixed square: ``min_size`` sets its side (SSDlite's 320 px
+            upsamples 128-px images 6x in area for nothing, since its anchors are relative to the image).
         proposals: Faster R-CNN only: RPN proposals kept per image at inference (torchvision: 1000); fewer is
             faster, since every proposal is scored for every class.
         drop_classes: Model classes whose boxes are dropped (needed for classes the ensemble vocabulary lacks).
@@ -175,7 +177,10 @@ def build_model(config: TorchvisionConfig, num_classes: int) -> nn.Module:
         model.rpn._pre_nms_top_n["testing"] = max(config.proposals, model.rpn._pre_nms_top_n["testing"])
     if config.min_size is not None:
         model.transform.min_size = (config.min_size,)
-    if config.max_size is not None:
+        if getattr(model.transform, "fixed_size", None):
+            model.transform.fixed_size = (config.min_size, config.min_size)
+            model.transform.max_size = config.min_size
+    if config.max_size is not None and not getattr(model.transform, "fixed_size", None):
         model.transform.max_size = config.max_size
     return model.eval()
 

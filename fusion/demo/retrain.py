@@ -293,7 +293,28 @@ def _package(assets: Path, sources: dict[str, Path], config: Path = DEMO_CONFIG)
     return sorted(p for p in assets.iterdir() if p.is_file() and p.name != MANIFEST)
 
 
-def _record(work: Path, assets: Path, wall: dict[str, float], render: dict[str, Any] = RENDER) -> list[Path]:
+def _shipped_sources(work: Path) -> dict[str, Path]:
+    """``{member: run folder}`` of the members ``configs/ensembles/demo.yaml`` ships, in its order."""
+    from fusion.config import load_yaml
+
+    sources = {}
+    for member in load_yaml(DEMO_CONFIG).get("members") or []:
+        name = member["name"]
+        if name not in (*TRAINED, *DISTILLED):
+            raise StepFailedError(
+                f"{DEMO_CONFIG}: member {name!r} is made by no step (known: {TRAINED + DISTILLED})"
+            )
+        sources[name] = work / ("train" if name in TRAINED else "distill") / f"demo-{name}"
+    return sources
+
+
+def _record(
+    work: Path,
+    assets: Path,
+    wall: dict[str, float],
+    render: dict[str, Any] = RENDER,
+    baselines: Sequence[str] = BASELINES,
+) -> list[Path]:
     """Run the demo on the fixed record render and write each AP into the manifest (with the no-KD baseline's)."""
     import yaml
 
@@ -306,8 +327,8 @@ def _record(work: Path, assets: Path, wall: dict[str, float], render: dict[str, 
     aps = {name: entry["AP"] for name, entry in metrics["members"].items()} | {
         "fused": metrics["fused"]["AP"]
     }
-    baselines = {}
-    for name in BASELINES:
+    baseline_aps = {}
+    for name in baselines:
         member = _member_files(work / "train" / f"demo-{name}")[0]
         config = {
             "name": name,
@@ -317,9 +338,9 @@ def _record(work: Path, assets: Path, wall: dict[str, float], render: dict[str, 
         }
         result = score(config, out / "data" / "test" / "annotations.json", out / "data" / "test" / "images",
                        name=name, root=work, resume=False, plots=False, verbose=False)  # fmt: skip
-        baselines[name] = result["members"][next(iter(result["members"]))]["AP"]
+        baseline_aps[name] = result["members"][next(iter(result["members"]))]["AP"]
     recorded = {**RECORD, "image_size": RENDER["image_size"], "policy": metrics["policy"], "AP": aps,
-                "baselines_AP": baselines, "train_render": render, "wall_s": wall}  # fmt: skip
+                "baselines_AP": baseline_aps, "train_render": render, "wall_s": wall}  # fmt: skip
     files = read_manifest(assets)["files"]
     path = write_manifest(assets, recorded, produced_by="python -m fusion.demo.retrain")
     if read_manifest(assets)["files"] != files:
@@ -376,18 +397,18 @@ def retrain(
             return _distill(work, n, device, fp, extra)
 
         made[name] = steps.run(f"distill-{name}", material, distill, {"data": data, "teacher": teacher})
-    sources = {n: work / "train" / f"demo-{n}" for n in TRAINED}
-    sources |= {n: work / "distill" / f"demo-{n}" for n in DISTILLED}
-    shipped = {n: made[n] for n in sources}
+    sources = _shipped_sources(work)
+    shipped = {name: made[name] for name in sources}
     packaged = steps.run(
         "package", {"demo.yaml": DEMO_CONFIG.read_text()}, lambda _: _package(assets, sources), shipped
     )
     wall = {step: round(seconds, 1) for step, seconds, _ in steps.table}
-    baselines = {name: made[name] for name in BASELINES}
+    # A baseline not trained yet is left out of the record (which is made again once it is).
+    baselines = {name: made[name] for name in BASELINES if made[name] is not None}
     steps.run(
         "record",
         {"record": RECORD},
-        lambda _: _record(work, assets, wall, render_spec),
+        lambda _: _record(work, assets, wall, render_spec, list(baselines)),
         {"package": packaged, **baselines},
     )
     print("\nstep                        wall time   status")

@@ -185,3 +185,15 @@ def test_weights_file_that_does_not_fit_is_a_value_error(tmp_path: Path) -> None
     save_file({"nope": torch.zeros(2)}, str(path))
     with pytest.raises(ValueError, match=r"bad\.safetensors does not fit torchvision"):
         TorchvisionDetector(_config(weights=str(path)), COCO80, torch.device("cpu"))
+
+
+def test_min_size_sets_the_side_of_ssds_fixed_square() -> None:
+    from detectors.torchvision_detector import build_model
+
+    config = _config(model="ssdlite320_mobilenet_v3_large", min_size=128, max_size=500)
+    model = build_model(config, num_classes=5)
+    batch, _ = model.transform([torch.rand(3, 96, 200), torch.rand(3, 300, 150)])
+    assert tuple(batch.tensors.shape) == (2, 3, 128, 128)
+    assert batch.image_sizes == [(128, 128), (128, 128)]
+    own = build_model(_config(model="ssdlite320_mobilenet_v3_large"), num_classes=5)
+    assert tuple(own.transform([torch.rand(3, 96, 200)])[0].tensors.shape) == (1, 3, 320, 320)
