@@ -1,6 +1,7 @@
 """Reproduce every shipped demo member from scratch with the project's own jobs: ``fusion demo --retrain``.
 
     python -m fusion.demo.retrain [--work runs/demo-retrain] [--device auto] [--assets DIR] [--dry-run]
+                                  [--only STEP,STEP]   # e.g. train-detr in one process, the CNNs in another
 
 Steps, in order (each one's wall time is printed and kept in ``<work>/steps/<step>.json``):
 
@@ -14,7 +15,8 @@ Steps, in order (each one's wall time is printed and kept in ``<work>/steps/<ste
    distillation-jobs issue, h-distillcmd) for detr-student and yolo11n-student, taught by the fused ensemble of the
    four trained members (``<work>/teacher.yaml``, written from their ``best.member.yaml``) on the labelled and
    unlabelled images. Kept in :func:`_distill`, the one place that knows how that command is called.
-4. ``package``: the exports copied into the assets folder under the names ``configs/ensembles/demo.yaml`` uses,
+4. ``package``: the exports of the members ``configs/ensembles/demo.yaml`` lists, copied into the assets folder under
+   the names it uses,
    floating-point tensors in fp16, ``MANIFEST.json`` (SHA-256 of each file; total <= 30 MiB); then the demo runs on
    a fixed render (seed 2026, 100 test images) and each member's and the fused AP are recorded in the manifest
    (the shipped-weights test checks them), beside the no-KD student's AP.
