@@ -366,6 +366,8 @@ def retrain(
     Raises:
         StepFailedError: a job failed; rerunning resumes from where it stopped.
     """
+    import yaml
+
     from fusion.synthetic import render_dataset
 
     work, assets = Path(work).resolve(), Path(assets_dir or ASSETS_DIR).resolve()
@@ -390,9 +392,11 @@ def retrain(
         )
     done = all(made[name] is not None for name in TRAINED)
     teacher = _digest({name: made[name] for name in TRAINED}) if done else None
+    # The teacher fuses as the demo does (see _teacher_config): a retuned fusion makes other pseudo-labels.
+    fusion = yaml.safe_load(DEMO_CONFIG.read_text())["fusion"]
     for name in DISTILLED:
         config = CONFIGS_DIR / "distill" / f"demo-{name}.yaml"
-        material = {"config": config.read_text(), "device": device, "extra": extra}
+        material = {"config": config.read_text(), "device": device, "extra": extra, "fusion": fusion}
 
         def distill(fp: str, n: str = name) -> list[Path]:
             _teacher_config(work)
@@ -416,7 +420,7 @@ def retrain(
     print("\nstep                        wall time   status")
     for step, seconds, status in steps.table:
         print(f"{step:<27} {seconds / 60:8.1f} min  {status}")
-    if not dry_run:
+    if any(step == "package" and status == "ran" for step, _, status in steps.table):
         print(
             f"shipped files in {assets}: commit them (git add {assets}) and run pytest tests/fusion/test_cli_demo_shipped.py"
         )
