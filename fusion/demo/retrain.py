@@ -218,21 +218,31 @@ def _teacher_config(work: Path) -> Path:
 
     from fusion.io import atomic_write_yaml
 
-    members = []
+    members, fused = [], _teacher_fusion()
     for name in TRAINED:
         run = work / "train" / f"demo-{name}"
         model = yaml.safe_load((run / "config.yaml").read_text())["model"]
         exported = yaml.safe_load((run / "weights" / "best.member.yaml").read_text())
-        members.append({**model, **exported, "name": name})
-    fusion = yaml.safe_load(DEMO_CONFIG.read_text())["fusion"]
+        weight = {"weight": fused["weights"][name]} if name in fused["weights"] else {}
+        members.append({**model, **exported, "name": name, **weight})
     config = {
         "name": "demo-teacher",
         "classes": "shapes",
         "device": "auto",
         "members": members,
-        "fusion": fusion,
+        "fusion": fused["fusion"],
     }
     return atomic_write_yaml(work / "teacher.yaml", config)
+
+
+def _teacher_fusion() -> dict[str, Any]:
+    """How the demo fuses its trained members: ``{"fusion": settings, "weights": {member: weight}}`` (weights are
+    per member, by name, so the teacher stays the same when the students join the demo)."""
+    from fusion.config import load_yaml
+
+    demo = load_yaml(DEMO_CONFIG)
+    weights = {m["name"]: m["weight"] for m in demo["members"] if m["name"] in TRAINED and "weight" in m}
+    return {"fusion": demo["fusion"], "weights": weights}
 
 
 def _distill(
@@ -366,8 +376,6 @@ def retrain(
     Raises:
         StepFailedError: a job failed; rerunning resumes from where it stopped.
     """
-    import yaml
-
     from fusion.synthetic import render_dataset
 
     work, assets = Path(work).resolve(), Path(assets_dir or ASSETS_DIR).resolve()
@@ -393,10 +401,10 @@ def retrain(
     done = all(made[name] is not None for name in TRAINED)
     teacher = _digest({name: made[name] for name in TRAINED}) if done else None
     # The teacher fuses as the demo does (see _teacher_config): a retuned fusion makes other pseudo-labels.
-    fusion = yaml.safe_load(DEMO_CONFIG.read_text())["fusion"]
+    fusion = _teacher_fusion()
     for name in DISTILLED:
         config = CONFIGS_DIR / "distill" / f"demo-{name}.yaml"
-        material = {"config": config.read_text(), "device": device, "extra": extra, "fusion": fusion}
+        material = {"config": config.read_text(), "device": device, "extra": extra, "teacher_fusion": fusion}
 
         def distill(fp: str, n: str = name) -> list[Path]:
             _teacher_config(work)
