@@ -63,6 +63,7 @@ SMOKE: dict[str, Any] = {
     "splits": {"train": 32, "val": 16, "test": 16, "unlabeled": 16},
     "overrides": ["train.epochs=1"],
 }
+TEACHER_TEMPLATE = CONFIGS_DIR / "ensembles" / "demo-teacher.yaml"  # how the students' teacher fuses
 RECORD: dict[str, int] = {"seed": 2026, "images": 100}  # the fixed render the shipped AP is recorded on
 TRAINED = ("yolo11n", "yolov8n", "ssdlite", "detr")  # the teacher ensemble's members, in fusion order
 DISTILLED = ("detr-student", "yolo11n-student")
@@ -209,7 +210,7 @@ def _train(
 
 
 def _teacher_config(work: Path) -> Path:
-    """``<work>/teacher.yaml``: the ensemble of the four trained members, fused as the demo fuses them.
+    """``<work>/teacher.yaml``: the ensemble of the four trained members, fused as :data:`TEACHER_TEMPLATE` says.
 
     Each member is its run's model config (``conf``, ``imgsz``, ``score_thr`` ...) with the exported files of
     ``weights/best.member.yaml`` over it.
@@ -236,13 +237,18 @@ def _teacher_config(work: Path) -> Path:
 
 
 def _teacher_fusion() -> dict[str, Any]:
-    """How the demo fuses its trained members: ``{"fusion": settings, "weights": {member: weight}}`` (weights are
-    per member, by name, so the teacher stays the same when the students join the demo)."""
+    """How the teacher fuses the trained members: ``{"fusion": settings, "weights": {member: weight}}`` from the
+    template :data:`TEACHER_TEMPLATE` (its members must be :data:`TRAINED`, in order)."""
     from fusion.config import load_yaml
 
-    demo = load_yaml(DEMO_CONFIG)
-    weights = {m["name"]: m["weight"] for m in demo["members"] if m["name"] in TRAINED and "weight" in m}
-    return {"fusion": demo["fusion"], "weights": weights}
+    template = load_yaml(TEACHER_TEMPLATE)
+    names = tuple(member["name"] for member in template["members"])
+    if names != TRAINED:
+        raise StepFailedError(
+            f"{TEACHER_TEMPLATE}: members must be {list(TRAINED)} in this order, got {list(names)}"
+        )
+    weights = {m["name"]: m["weight"] for m in template["members"] if "weight" in m}
+    return {"fusion": template["fusion"], "weights": weights}
 
 
 def _distill(
@@ -400,7 +406,7 @@ def retrain(
         )
     done = all(made[name] is not None for name in TRAINED)
     teacher = _digest({name: made[name] for name in TRAINED}) if done else None
-    # The teacher fuses as the demo does (see _teacher_config): a retuned fusion makes other pseudo-labels.
+    # Another teacher fusion makes other pseudo-labels (see _teacher_config).
     fusion = _teacher_fusion()
     for name in DISTILLED:
         config = CONFIGS_DIR / "distill" / f"demo-{name}.yaml"

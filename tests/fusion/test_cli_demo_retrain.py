@@ -126,3 +126,19 @@ def test_smoke_never_writes_into_the_shipped_folder(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="--smoke writes toy members"):
         retrain(tmp_path, smoke=True)
+
+
+def test_the_teacher_fuses_the_trained_members_as_its_template_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fusion.demo import retrain
+
+    fused = retrain._teacher_fusion()
+    assert set(fused["weights"]) == set(retrain.TRAINED) and fused["fusion"]["type"] == "wbf"
+    template = yaml.safe_load(retrain.TEACHER_TEMPLATE.read_text())
+    template["members"] = template["members"][::-1]
+    path = tmp_path / "teacher.yaml"
+    path.write_text(yaml.safe_dump(template))
+    monkeypatch.setattr(retrain, "TEACHER_TEMPLATE", path)
+    with pytest.raises(StepFailedError, match=r"members must be \['yolo11n', 'yolov8n', 'ssdlite', 'detr'\]"):
+        retrain._teacher_fusion()
