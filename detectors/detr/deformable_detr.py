@@ -58,7 +58,11 @@ class DeformableDETR(nn.Module):
         d = config.d_model
         self.num_queries = config.num_queries
         backbone = Backbone(
-            config.backbone, config.dilation, config.train_backbone, config.backbone_layers, config.backbone_norm
+            config.backbone,
+            config.dilation,
+            config.train_backbone,
+            config.backbone_layers,
+            config.backbone_norm,
         )
         num_levels = len(config.backbone_layers) + config.extra_levels
         self.transformer = DeformableTransformer(

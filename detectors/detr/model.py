@@ -295,7 +295,11 @@ class DETR(nn.Module):
         self.bbox_embed = MLP(d, d, 4, 3)
         self.query_embed = nn.Embedding(config.num_queries * config.num_query_groups, d)
         backbone = Backbone(
-            config.backbone, config.dilation, config.train_backbone, config.backbone_layers, config.backbone_norm
+            config.backbone,
+            config.dilation,
+            config.train_backbone,
+            config.backbone_layers,
+            config.backbone_norm,
         )
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.backbone = Joiner(backbone, PositionEmbeddingSine(d // 2, normalize=True))
