@@ -89,9 +89,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="run the shipped trained detectors on rendered test images, fuse them and score everything",
-        description="Render a fresh test split of shapes (--seed), run the shipped members (YOLO11n, YOLOv8n, "
-        "SSDlite, a DETR teacher, a DETR and a YOLO student distilled from the ensemble) through the ensemble, fuse "
-        "them (WBF) and score every member and the fused output; writes the report, plots and picture.png under "
+        description="Render a fresh test split of shapes (--seed), run the shipped members (configs/ensembles/"
+        "demo.yaml: YOLO11n, YOLOv8n, SSDlite, a fast DETR and a YOLO11n student distilled from their fused ensemble) "
+        "through the ensemble, fuse them (WBF, tuned on validation data) and score every member and the fused output; writes the report, plots and picture.png under "
         "<project>/demo/<name>/. --simulated: three simulated detectors that err in different ways instead (sharp: "
         "over-confident; careful: under-confident, misses more; noisy: loose boxes, wrong labels), no networks. "
         "--retrain: reproduce the shipped members from scratch (CPU hours; resumable).",
@@ -119,7 +119,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--policy",
         nargs="+",
         metavar="NAME_OR_KEY=VALUE",
-        help="fusion policy and parameters as for fusion fuse (default WBF at ensemble-boxes' defaults)",
+        help="fusion policy and parameters as for fusion fuse (default: the demo config's WBF, tuned on validation "
+        "data; --simulated: WBF at ensemble-boxes' defaults)",
     )
     parser.add_argument(
         "--backend",

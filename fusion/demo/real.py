@@ -128,6 +128,8 @@ def run_real_demo(
 
     if images < 1:
         raise ValueError(f"--images must be at least 1, got {images}")
+    if seed < 0:
+        raise ValueError(f"--seed must be 0 or more, got {seed}")
     clock = _Clock(verbose)
     data, named = demo_config(assets_dir, config)
     manifest = verify_assets(assets_dir, named)
