@@ -9,12 +9,13 @@ Python objects -- is refused BEFORE anything in it is unpickled, unless the memb
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+
+from fusion.io import sha256_file
 
 __all__ = [
     "KNOWN_PICKLES",
@@ -24,7 +25,6 @@ __all__ = [
     "pickle_trust",
     "read_safetensors",
     "read_weights_only",
-    "sha256_file",
 ]
 
 # SHA-256 -> description of pickle files known to be what they claim (e.g. official release weights). Only hashes
@@ -39,15 +39,6 @@ class UntrustedPickleError(ValueError):
 
 class WeightsFileError(ValueError):
     """A weights file that is not what it should be (not safetensors, not a torch.save file, corrupt)."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def pickle_trust(

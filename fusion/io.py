@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import os
 import re
@@ -268,3 +269,12 @@ def run_dir(
     if not os.access(candidate, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write into the run folder {candidate}: permission denied")
     return lock_run_dir(candidate) if lock else candidate
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

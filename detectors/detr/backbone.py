@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-__all__ = ["BACKBONES", "BACKBONE_NORMS", "Backbone", "Joiner", "stage_channels"]
+__all__ = ["BACKBONES", "BACKBONE_NORMS", "Backbone", "Joiner", "backbone_of", "stage_channels"]
 
 #: Supported ResNets and the channel count of their ``layer4`` output.
 BACKBONES: dict[str, int] = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048}
@@ -105,6 +106,13 @@ class Backbone(nn.Module):
     def forward(self, images: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         """Features ``[B, C, h, w]`` of the last returned stage and the padding mask resized to them (True = padding)."""
         return self.levels(images, mask)[-1]
+
+
+def backbone_of(config: Any) -> Backbone:
+    """The :class:`Backbone` a :class:`~detectors.detr.model.DetrConfig` describes."""
+    return Backbone(
+        config.backbone, config.dilation, config.train_backbone, config.backbone_layers, config.backbone_norm
+    )
 
 
 class Joiner(nn.Sequential):

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .backbone import Backbone, Joiner
+from .backbone import Joiner, backbone_of
 from .deformable_transformer import DeformableTransformer
 from .denoising import denoising_queries
 from .model import _PRIOR_PROB, DetrConfig
@@ -57,13 +57,7 @@ class DeformableDETR(nn.Module):
         self.config = config
         d = config.d_model
         self.num_queries = config.num_queries
-        backbone = Backbone(
-            config.backbone,
-            config.dilation,
-            config.train_backbone,
-            config.backbone_layers,
-            config.backbone_norm,
-        )
+        backbone = backbone_of(config)
         num_levels = len(config.backbone_layers) + config.extra_levels
         self.transformer = DeformableTransformer(
             d_model=d,

@@ -29,7 +29,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from .backbone import BACKBONE_NORMS, BACKBONES, Backbone, Joiner
+from .backbone import BACKBONE_NORMS, BACKBONES, Joiner, backbone_of
 from .outputs import BackboneLevels, check_inputs, pack_outputs
 from .position_encoding import PositionEmbeddingSine
 from .transformer import MLP, Transformer, group_attention_mask
@@ -294,13 +294,7 @@ class DETR(nn.Module):
             nn.init.constant_(self.class_embed.bias, -math.log((1 - _PRIOR_PROB) / _PRIOR_PROB))
         self.bbox_embed = MLP(d, d, 4, 3)
         self.query_embed = nn.Embedding(config.num_queries * config.num_query_groups, d)
-        backbone = Backbone(
-            config.backbone,
-            config.dilation,
-            config.train_backbone,
-            config.backbone_layers,
-            config.backbone_norm,
-        )
+        backbone = backbone_of(config)
         self.input_proj = nn.Conv2d(backbone.num_channels, d, kernel_size=1)
         self.backbone = Joiner(backbone, PositionEmbeddingSine(d // 2, normalize=True))
         self.aux_loss = config.aux_loss

@@ -18,12 +18,12 @@ missing, changed or unlisted is refused with one line saying which and how to pr
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from fusion.classes import CONFIGS_DIR
+from fusion.io import sha256_file
 
 __all__ = [
     "ASSETS_DIR",
@@ -36,7 +36,6 @@ __all__ = [
     "demo_config",
     "half_safetensors",
     "read_manifest",
-    "sha256_file",
     "verify_assets",
     "write_manifest",
 ]
@@ -59,15 +58,6 @@ class AssetMissingError(FileNotFoundError):
 
 class AssetMismatchError(ValueError):
     """A shipped member file differs from the manifest (SHA-256 or size), or the config names an unlisted file."""
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _resolve(value: Any, assets_dir: Path) -> Any:

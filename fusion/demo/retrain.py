@@ -47,9 +47,9 @@ from fusion.demo.assets import (
     MANIFEST,
     demo_config,
     half_safetensors,
-    sha256_file,
     write_manifest,
 )
+from fusion.io import sha256_file
 
 __all__ = ["RECORD", "RENDER", "StepFailedError", "main", "retrain"]
 

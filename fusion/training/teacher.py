@@ -40,7 +40,7 @@ import torch
 from fusion.classes import ClassMap
 from fusion.coco.annotations import CocoGroundTruth, load_annotations
 from fusion.coco.predictions import Predictions, read_jsonl
-from fusion.io import atomic_write_json
+from fusion.io import atomic_write_json, sha256_file
 from fusion.training.pseudo_labels import ThresholdChoice, choose_threshold, pseudo_targets
 from fusion.training.trainable import TrainTarget
 
@@ -66,12 +66,8 @@ class TeacherChangedError(ValueError):
 
 
 def file_digest(path: str | Path) -> dict[str, Any]:
-    """``{"size", "sha256"}`` of a file (read in 1 MiB blocks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return {"size": Path(path).stat().st_size, "sha256": digest.hexdigest()}
+    """``{"size", "sha256"}`` of a file."""
+    return {"size": Path(path).stat().st_size, "sha256": sha256_file(path)}
 
 
 def _leaves(data: Any, where: str = "") -> Iterator[tuple[str, Any]]:

@@ -19,12 +19,12 @@ from detectors.safe_loading import (
     pickle_trust,
     read_safetensors,
     read_weights_only,
-    sha256_file,
 )
 from detectors.torchvision_detector import TorchvisionDetector
 from detectors.ultralytics_detector import UltralyticsDetector, import_ultralytics
 from fusion.classes import ClassMap
 from fusion.cli import main
+from fusion.io import sha256_file
 
 COCO80 = ClassMap.load("coco80")
 
