@@ -39,7 +39,8 @@ class Variant:
 _FAST = ("model.model=detr_fast_r18", "model.arch={}")
 #: Deformable DETR (Zhu et al. 2021), box refinement and two-stage from it; mixed query selection (DINO, Zhang et
 #: al. 2023); Group DETR (Chen et al. 2023); focal classification (Lin et al. 2017, as Deformable DETR);
-#: denoising queries (DN-DETR, Li et al. 2022); ResNet-18 to layer3 (issue 14's lighter backbone).
+#: denoising queries (DN-DETR, Li et al. 2022); ResNet-18 to layer3 (issue 14's lighter backbone); one-to-many
+#: matching of the encoder proposals (H-DETR, Jia et al. 2023; a loss setting, ``model.loss.encoder_matches``).
 VARIANTS: tuple[Variant, ...] = (
     Variant("plain", "DETR: R18 layer4, dense attention, softmax CE (configs/train/detr.yaml)", ()),
     Variant(
@@ -102,6 +103,12 @@ VARIANTS: tuple[Variant, ...] = (
         (*_FAST, "model.arch.classification=softmax", "model.arch.two_stage=false"),
         "detr_fast_r18",
         ("classification", "two_stage"),
+    ),
+    Variant(
+        "fast+enc-o2m",
+        "fast plus one-to-many encoder proposals (each object matched to 4; H-DETR's hybrid matching)",
+        (*_FAST, "model.loss.encoder_matches=4"),
+        "detr_fast_r18",
     ),
     Variant(
         "fast+dn",

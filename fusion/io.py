@@ -240,7 +240,8 @@ def run_dir(
     Args:
         verb: The command (``predict``, ``score``, ``fuse``, ...).
         name: The run name, a plain folder name; when the folder exists and ``exist_ok`` is False, ``name2``,
-            ``name3``, ... is used instead (ultralytics' habit), so earlier results are never overwritten.
+            ``name3``, ... is used instead (ultralytics' habit), so earlier results are never overwritten. A folder
+            holding nothing but an unheld ``.lock`` (a start that failed before writing anything) is reused.
         root: Where runs live.
         exist_ok: Reuse an existing folder (needed to resume an interrupted run).
         lock: Hold the folder for this process, so that a second run of the same name fails at once instead of
@@ -256,7 +257,7 @@ def run_dir(
     candidate = base / name
     if not exist_ok:
         suffix = 2
-        while candidate.exists():
+        while candidate.exists() and not (lock and _take_abandoned(candidate)):
             candidate = base / f"{name}{suffix}"
             suffix += 1
     try:
@@ -269,6 +270,17 @@ def run_dir(
     if not os.access(candidate, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write into the run folder {candidate}: permission denied")
     return lock_run_dir(candidate) if lock else candidate
+
+
+def _take_abandoned(folder: Path) -> bool:
+    """Lock ``folder`` if it holds nothing but a ``.lock`` no process holds (True); False leaves it alone."""
+    try:
+        if not folder.is_dir() or {p.name for p in folder.iterdir()} - {".lock"}:
+            return False
+        lock_run_dir(folder)
+    except (OSError, RunLockedError):
+        return False
+    return True
 
 
 def sha256_file(path: str | Path) -> str:

@@ -83,3 +83,14 @@ def test_a_second_process_cannot_take_a_run_folder_until_the_first_dies(tmp_path
         holder.wait()
     assert run_dir("score", "same", tmp_path, exist_ok=True) == folder
     assert run_dir("score", "same", tmp_path, exist_ok=True) == folder  # re-entrant in this process
+
+
+def test_a_folder_left_by_a_failed_start_is_reused_not_skipped(tmp_path):
+    # A job that failed before writing anything leaves only its (released) lock: the next start takes the name.
+    abandoned = tmp_path / "train" / "exp"
+    abandoned.mkdir(parents=True)
+    (abandoned / ".lock").write_text("12345")
+    assert run_dir("train", "exp", tmp_path) == abandoned
+    # A folder with results is never reused: the next free name is taken.
+    (abandoned / "metrics.jsonl").write_text("{}\n")
+    assert run_dir("train", "exp", tmp_path).name == "exp2"

@@ -9,7 +9,11 @@ Written against the output dict documented in :mod:`detectors.detr.outputs`:
   ``loss_giou``, each summed and divided by the number of target boxes. It supervises the last layer, every
   ``aux_outputs`` layer (suffix ``_<i>``), the two-stage ``enc_outputs`` (suffix ``_enc``) and every
   ``group_outputs`` group with its own aux layers (suffix ``_g<g>`` / ``_g<g>_<i>``), each group matched
-  independently: Group DETR's one-to-many supervision (Chen et al. 2023).
+  independently: Group DETR's one-to-many supervision (Chen et al. 2023). ``encoder_matches=k > 1`` matches
+  the encoder proposals one-to-many: every target repeated ``k`` times before the Hungarian matching, so each
+  object supervises ``k`` proposals (H-DETR's hybrid matching, Jia et al. 2023, applied to the two-stage
+  proposals, which reach inference only through the top-``num_queries`` selection, so duplicates cost nothing
+  there); divided by ``k`` times the box count.
 * Denoising queries (``dn_outputs``, DN-DETR / DINO): the same three losses with the FIXED assignment of
   ``dn_meta`` (suffixes ``_dn`` / ``_dn_<i>``), divided by the number of boxes times the denoising groups.
 * :func:`group_set_loss` / :class:`GroupSetLoss`: the same group sum around any criterion (e.g. the softmax
@@ -90,6 +94,8 @@ class FocalSetCriterion(nn.Module):
         matcher: Default :class:`FocalHungarianMatcher` (2 / 5 / 2).
         weight_focal / weight_bbox / weight_giou: Loss weights (Deformable DETR 2 / 5 / 2).
         alpha / gamma: Focal loss parameters (0.25 / 2).
+        encoder_matches: Proposals each target supervises in ``enc_outputs`` (1 = one-to-one, as Deformable DETR;
+            see the module doc).
     """
 
     def __init__(
@@ -101,8 +107,13 @@ class FocalSetCriterion(nn.Module):
         weight_giou: float = 2.0,
         alpha: float = 0.25,
         gamma: float = 2.0,
+        encoder_matches: int = 1,
     ) -> None:
         super().__init__()
+        # Loss settings arrive as floats from configs (``loss: dict[str, float]``): 4.0 means 4.
+        if encoder_matches != int(encoder_matches) or encoder_matches < 1:
+            raise ValueError(f"encoder_matches must be a whole number >= 1, got {encoder_matches!r}")
+        self.encoder_matches = int(encoder_matches)
         self.num_classes = num_classes
         self.matcher = matcher or FocalHungarianMatcher(alpha=alpha, gamma=gamma)
         self.weights = {"loss_focal": weight_focal, "loss_bbox": weight_bbox, "loss_giou": weight_giou}
@@ -157,7 +168,12 @@ class FocalSetCriterion(nn.Module):
         num_boxes = _num_boxes(targets, outputs["pred_logits"].device)
         losses: dict[str, Tensor] = {}
         for suffix, layer in _supervised_layers(outputs):
-            losses.update({k + suffix: v for k, v in self.layer_losses(layer, targets, num_boxes).items()})
+            if suffix == "_enc" and self.encoder_matches > 1:
+                k = self.encoder_matches
+                part = self.layer_losses(layer, [_repeated(t, k) for t in targets], num_boxes * k)
+            else:
+                part = self.layer_losses(layer, targets, num_boxes)
+            losses.update({key + suffix: v for key, v in part.items()})
         if "dn_outputs" in outputs:
             meta = outputs["dn_meta"]
             indices = denoising_indices(targets, meta["num_groups"], meta["pad_size"])
@@ -173,6 +189,14 @@ class FocalSetCriterion(nn.Module):
     def weighted(self, losses: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Each named loss times the weight of its base name (``loss_focal_g1_0`` weighs as ``loss_focal``)."""
         return {k: v * self.weights["_".join(k.split("_")[:2])] for k, v in losses.items() if k != "loss"}
+
+
+def _repeated(target: Target, times: int) -> Target:
+    """``target`` with every box (and its label and score) listed ``times`` times, in blocks."""
+    return {
+        key: value.repeat(times, *([1] * (value.ndim - 1))) if key in ("labels", "boxes", "scores") else value
+        for key, value in target.items()
+    }
 
 
 def denoising_indices(

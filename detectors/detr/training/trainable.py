@@ -43,7 +43,7 @@ __all__ = ["DetrTrainable", "build_criterion", "build_trainable_model"]
 
 _CRITERION_KEYS = ("eos_coef", "weight_ce", "weight_bbox", "weight_giou", "mixing_weight", "mixing_lambda")
 _MATCHER_KEYS = ("cost_class", "cost_bbox", "cost_giou")
-_FOCAL_KEYS = ("weight_focal", "weight_bbox", "weight_giou", "alpha", "gamma")
+_FOCAL_KEYS = ("weight_focal", "weight_bbox", "weight_giou", "alpha", "gamma", "encoder_matches")
 
 
 def build_criterion(config: DetrMemberConfig, num_classes: int, arch: DetrConfig | None = None) -> nn.Module:
@@ -51,7 +51,7 @@ def build_criterion(config: DetrMemberConfig, num_classes: int, arch: DetrConfig
 
     Softmax: :class:`SetCriterion` weights plus the matcher's ``cost_*`` (wrapped for query groups).
     Sigmoid (the fast DETR): :class:`~detectors.detr.training.fast_losses.FocalSetCriterion` settings
-    ``weight_focal``, ``weight_bbox``, ``weight_giou``, ``alpha``, ``gamma`` plus ``cost_*``.
+    ``weight_focal``, ``weight_bbox``, ``weight_giou``, ``alpha``, ``gamma``, ``encoder_matches`` plus ``cost_*``.
     """
     sigmoid = arch is not None and arch.classification == "sigmoid"
     known = [*(_FOCAL_KEYS if sigmoid else _CRITERION_KEYS), *_MATCHER_KEYS]

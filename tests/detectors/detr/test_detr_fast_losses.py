@@ -236,3 +236,32 @@ def test_group_wrapper_weighs_group_copies_like_their_base_loss() -> None:
     weighted = wrapped.weighted(losses)
     assert {k: float(v) for k, v in weighted.items()} == {"loss_bbox_g2": 5.0, "loss_giou_0_g1": 2.0}
     assert wrapped.matcher is wrapped.criterion.matcher
+
+
+@pytest.mark.parametrize("matches", [1, 2, 3])
+def test_encoder_matches_supervise_k_proposals_per_target(matches: int) -> None:
+    # One target; proposals 0 and 1 sit exactly on it, proposal 2 is off by 0.1 in cx, proposal 3 is far away
+    # (its L1 to the target is 0.8). One-to-one matching takes one exact proposal; k = 2 both exact ones (box
+    # losses 0); k = 3 adds proposal 2: L1 0.1 over a count of 3.
+    target = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
+    proposals = torch.tensor(
+        [[[0.5, 0.5, 0.2, 0.2], [0.5, 0.5, 0.2, 0.2], [0.6, 0.5, 0.2, 0.2], [0.1, 0.1, 0.2, 0.2]]]
+    )
+    logits = torch.zeros(1, 4, 2)
+    decoder = {"pred_logits": logits, "pred_boxes": proposals}
+    outputs = {**decoder, "enc_outputs": dict(decoder)}
+    criterion = FocalSetCriterion(num_classes=2, encoder_matches=matches)
+    losses = criterion(outputs, [{"labels": torch.tensor([1]), "boxes": target}])
+    assert float(losses["loss_bbox"]) == pytest.approx(0.0)  # the decoder layer stays one-to-one
+    assert float(losses["loss_bbox_enc"]) == pytest.approx({1: 0.0, 2: 0.0, 3: 0.1 / 3}[matches], abs=1e-6)
+    # Every logit is 0 (p = 1/2): each positive costs 0.25·¼·log 2, each negative 0.75·¼·log 2.
+    positive, negative = 0.25 * 0.25 * math.log(2), 0.75 * 0.25 * math.log(2)
+    expected_focal = (matches * positive + (8 - matches) * negative) / matches
+    assert float(losses["loss_focal_enc"]) == pytest.approx(expected_focal, rel=1e-5)
+    assert float(losses["loss_focal"]) == pytest.approx(positive + 7 * negative, rel=1e-5)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, -2])
+def test_encoder_matches_must_be_a_positive_whole_number(bad: float) -> None:
+    with pytest.raises(ValueError, match="encoder_matches"):
+        FocalSetCriterion(num_classes=2, encoder_matches=bad)
