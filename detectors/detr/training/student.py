@@ -88,6 +88,11 @@ def plan_student(
 ) -> StudentPlan:
     """Decide what a student keeps (defaults: first 4 encoder / first 3 decoder layers, all heads and units)."""
     cfg = teacher.config
+    if cfg.deformable:
+        raise ValueError(
+            "cutting keeps layers, heads and FFN units of the dense DETR layout; this teacher is deformable "
+            "(e.g. detr_fast_r18): give the student as `model:` (any DETR config) with `pairing: hungarian`"
+        )
     heads = cfg.num_heads if num_heads is None else num_heads
     ffn = cfg.dim_feedforward if dim_feedforward is None else dim_feedforward
     if not 1 <= heads <= cfg.num_heads:

@@ -94,3 +94,9 @@ def test_new_backbone_student_keeps_transformer_and_checks_plan() -> None:
         plan_student(teacher, encoder_layers=1, decoder_layers=[1, 0])
     with pytest.raises(ValueError, match="num_heads"):
         plan_student(teacher, encoder_layers=1, decoder_layers=1, num_heads=9)
+
+
+def test_cutting_a_deformable_teacher_is_refused_with_the_alternative() -> None:
+    teacher = build_detr("detr_fast_r18", num_classes=3, dim_feedforward=64)
+    with pytest.raises(ValueError, match="deformable.*`model:`.*pairing: hungarian"):
+        plan_student(teacher, encoder_layers=1, decoder_layers=1)
