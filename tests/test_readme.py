@@ -127,6 +127,7 @@ PARSE_ONLY = {
     "fusion train --config configs/train/yolo11n-shapes.yaml": HOURS,
     "fusion train --config configs/train/yolov8n-shapes.yaml": HOURS,
     "fusion train --config configs/train/detr.yaml": HOURS,
+    "fusion train --config configs/train/detr-fast.yaml": HOURS,
     "fusion score --config configs/ensembles/shapes.yaml --annotations runs/render/shapes/val/annotations.json "
     "--images runs/render/shapes/val/images": NO_WEIGHTS,
     "fusion distill --config configs/distill/ensemble_teacher_yolo.yaml --unlabeled "
