@@ -138,10 +138,29 @@ def _images_per_second(metrics: Path, batch: int, skip: int) -> tuple[float, int
     return (last["step"] - first["step"]) * batch / (last["time"] - first["time"]), len(steps)
 
 
+def _first_images(annotations: Path, count: int, dest: Path) -> Path:
+    """A COCO file of the first ``count`` images of ``annotations`` and their boxes (``annotations`` if fewer)."""
+    import json
+
+    from fusion.io import atomic_write_json
+
+    coco = json.loads(annotations.read_text())
+    if len(coco["images"]) <= count:
+        return annotations
+    images = coco["images"][:count]
+    kept = {image["id"] for image in images}
+    boxes = [a for a in coco["annotations"] if a["image_id"] in kept]
+    return atomic_write_json(dest, {**coco, "images": images, "annotations": boxes})
+
+
 def ddp_table(data: dict[str, tuple[Path, Path]], out: Path, args: Any) -> None:
     """(d) The same job under ``torchrun`` with 2 gloo processes and with 1 process: global images/s."""
-    count = image_count(data["train"][0])
-    epochs = max(1, -(-args.ddp_steps * args.ddp_batch // count))
+    # One epoch of the first ddp_steps x ddp_batch training images: the trainer counts in epochs, and a whole
+    # epoch of the full split would be hundreds of steps where --ddp-steps asks for a few.
+    wanted = args.ddp_steps * args.ddp_batch
+    subset = _first_images(data["train"][0], wanted, out / "ddp" / f"train-first-{wanted}.json")
+    data = {**data, "train": (subset, data["train"][1])}
+    epochs = max(1, -(-wanted // image_count(subset)))
     rows, notes = [], []
     for ranks in (1, 2):
         name = f"ddp{ranks}"
