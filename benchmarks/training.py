@@ -140,17 +140,13 @@ def _images_per_second(metrics: Path, batch: int, skip: int) -> tuple[float, int
 
 def _first_images(annotations: Path, count: int, dest: Path) -> Path:
     """A COCO file of the first ``count`` images of ``annotations`` and their boxes (``annotations`` if fewer)."""
-    import json
-
+    from fusion.coco.annotations import load_annotations
     from fusion.io import atomic_write_json
 
-    coco = json.loads(annotations.read_text())
-    if len(coco["images"]) <= count:
+    gt = load_annotations(annotations)
+    if len(gt) <= count:
         return annotations
-    images = coco["images"][:count]
-    kept = {image["id"] for image in images}
-    boxes = [a for a in coco["annotations"] if a["image_id"] in kept]
-    return atomic_write_json(dest, {**coco, "images": images, "annotations": boxes})
+    return atomic_write_json(dest, gt.subset(gt.image_ids[:count]).dataset)
 
 
 def ddp_table(data: dict[str, tuple[Path, Path]], out: Path, args: Any) -> None:

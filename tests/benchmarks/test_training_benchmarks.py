@@ -69,3 +69,18 @@ def test_trained_member_keeps_inference_settings(tmp_path: Path) -> None:
     (tmp_path / "weights" / "best.member.yaml").write_text(yaml.safe_dump(exported))
     member = common.trained_member(tmp_path, "renamed")
     assert member == {**exported, "conf": 0.001, "name": "renamed"}
+
+
+def test_ddp_subset_keeps_the_first_images_and_only_their_boxes(tmp_path: Path) -> None:
+    images = [{"id": i, "file_name": f"{i}.png", "height": 8, "width": 8} for i in (7, 3, 5)]
+    boxes = [{"id": k, "image_id": i, "category_id": 1, "bbox": [0, 0, 2, 2], "area": 4, "iscrowd": 0}
+             for k, i in enumerate((7, 3, 3, 5), start=1)]  # fmt: skip
+    source = tmp_path / "train.json"
+    source.write_text(
+        json.dumps({"images": images, "annotations": boxes, "categories": [{"id": 1, "name": "a"}]})
+    )
+    subset = training._first_images(source, 2, tmp_path / "first.json")
+    data = json.loads(subset.read_text())
+    assert [image["id"] for image in data["images"]] == [7, 3]
+    assert [box["id"] for box in data["annotations"]] == [1, 2, 3]
+    assert training._first_images(source, 3, tmp_path / "all.json") == source  # nothing to cut
